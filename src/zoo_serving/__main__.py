@@ -1,0 +1,5 @@
+"""``python -m zoo_serving`` is ``zoo-serve``."""
+
+from .cli import main
+
+raise SystemExit(main())

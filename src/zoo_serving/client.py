@@ -1,0 +1,259 @@
+"""The client side: :class:`InputQueue` sends records, :class:`OutputQueue` fetches results.
+
+Shaped like the original Cluster Serving client, so old code ports by changing the import::
+
+    from zoo_serving import InputQueue, OutputQueue
+
+    inq = InputQueue(host="localhost", port=6379)       # or url="redis://...", config="config.yaml"
+    inq.enqueue("cat-1", t=np.ones((3, 224, 224), np.float32))
+    inq.enqueue("cat-2", image="cat.jpg")               # a path or bytes is an image
+    print(OutputQueue().query("cat-1", timeout=5))      # [[class_index, probability], ...]
+    print(inq.predict("cat.jpg", timeout=5))            # enqueue and wait, in one call
+
+Results are fetched with blocking Redis calls (BLPOP), never a polling loop; a ``timeout``
+bounds the total wait. A failed record raises the :class:`ZooServingError` subclass the server
+stored (``predict``, ``query``), or is returned as that error object (``dequeue``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import keys, protocol
+from .config import Config, DataConfig, load_config
+from .errors import ResultTimeoutError, ZooServingError
+from .protocol import ResultValue, decode_result
+
+__all__ = ["InputQueue", "OutputQueue"]
+
+_DEFAULT_INPUT = "t"  # input name used when predict() gets a bare array or image
+
+
+class _RedisUser:
+    def __init__(
+        self,
+        host: str | None = None,
+        port: int | str | None = None,
+        name: str | None = None,
+        *,
+        url: str | None = None,
+        config: str | os.PathLike[str] | Mapping[str, Any] | Config | None = None,
+        password: str | None = None,
+        **redis_options: Any,
+    ) -> None:
+        from .queue import connect
+
+        data = _data_config(config)
+        if password is not None:
+            data = DataConfig(**{**_fields(data), "password": password})
+        if url is None and (host is not None or port is not None):
+            url = f"redis://{host or 'localhost'}:{port or 6379}"
+        self.stream = name or data.stream
+        self.result_ttl_s = data.result_ttl_s
+        self.db = connect(data, url=url, **redis_options)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.db.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def is_ready(self) -> bool:
+        """True while at least one worker has its model loaded and warmed up."""
+        return bool(self.db.exists(keys.ready(self.stream)))
+
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        """Wait up to ``timeout`` seconds for a ready worker; True when there is one."""
+        deadline = time.monotonic() + timeout
+        while not self.is_ready():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    # results ------------------------------------------------------------------
+
+    def _pop(self, uri: str | bytes, timeout: float | None) -> ResultValue | None:
+        key = keys.result(self.stream, uri)
+        if timeout is None:
+            blob = self.db.lpop(key)
+        else:
+            reply = self.db.blpop([key], timeout=max(timeout, 0.001))
+            blob = reply[1] if reply else None
+        return None if blob is None else decode_result(blob)
+
+    def _pop_many(self, uris: list[str], timeout: float) -> dict[str, ResultValue]:
+        """Block until every uri has a result or ``timeout`` seconds have passed in total."""
+        by_key = {keys.result(self.stream, u): u for u in uris}
+        out: dict[str, ResultValue] = {}
+        deadline = time.monotonic() + timeout
+        waiting = list(by_key)
+        while waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            reply = self.db.blpop(waiting, timeout=max(remaining, 0.001))
+            if reply is None:
+                break
+            key, blob = reply
+            out[by_key[key]] = decode_result(blob)
+            waiting.remove(key)
+        return out
+
+
+def _fields(data: DataConfig) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
+
+
+def _data_config(config: Any) -> DataConfig:
+    if config is None:
+        return DataConfig()
+    if isinstance(config, Mapping) and "model" not in config:
+        config = {**config, "model": {"path": "-"}}  # the client needs no model
+    return load_config(config).data
+
+
+def _as_input(value: Any) -> np.ndarray | bytes:
+    """ndarray -> tensor; bytes -> image; str / Path -> the image file's bytes."""
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, (str, os.PathLike)):
+        return Path(value).read_bytes()
+    raise TypeError(
+        f"expected a numpy array (tensor), bytes (encoded image) or an image path, "
+        f"got {type(value).__name__}"
+    )
+
+
+def _named(inputs: Any) -> dict[str, np.ndarray | bytes]:
+    if isinstance(inputs, Mapping):
+        return {str(k): _as_input(v) for k, v in inputs.items()}
+    return {_DEFAULT_INPUT: _as_input(inputs)}
+
+
+def _value(result: ResultValue) -> Any:
+    if isinstance(result, ZooServingError):
+        raise result
+    return result
+
+
+class InputQueue(_RedisUser):
+    """Sends records to a serving stream.
+
+    Args:
+        host, port: Redis address (default localhost:6379).
+        name: the input stream (default ``data.stream`` of ``config``, else ``serving_stream``).
+        url: a ``redis://`` or ``rediss://`` URL instead of host and port.
+        config: a ``config.yaml`` path, mapping or Config: its ``data`` section is used.
+        password: Redis password.
+    """
+
+    def enqueue(self, uri: str, deadline_s: float | None = None, **inputs: Any) -> str:
+        """Send one record: ``enqueue("img-1", image="cat.jpg")`` or ``enqueue("x", t=array)``.
+
+        Args:
+            uri: the record's id; its result is fetched by it.
+            deadline_s: seconds from now after which the server should not bother.
+            **inputs: one keyword per model input: an ndarray (tensor), bytes or a path (image).
+        """
+        self.db.xadd(self.stream, self._fields(uri, inputs, deadline_s))
+        return uri
+
+    def enqueue_many(
+        self, records: Iterable[tuple[str, Mapping[str, Any]]], deadline_s: float | None = None
+    ) -> list[str]:
+        """Send ``(uri, {name: value})`` records in one round trip; returns the uris."""
+        pipe = self.db.pipeline(transaction=False)
+        uris = []
+        for uri, inputs in records:
+            pipe.xadd(self.stream, self._fields(uri, inputs, deadline_s))
+            uris.append(uri)
+        pipe.execute()
+        return uris
+
+    def _fields(self, uri: str, inputs: Mapping[str, Any], deadline_s: float | None) -> Any:
+        deadline_ms = None if deadline_s is None else int((time.time() + deadline_s) * 1000)
+        return protocol.encode_request(uri, _named(inputs), deadline_ms)
+
+    def predict(self, inputs: Any, timeout: float = 30.0) -> Any:
+        """Send one record and wait for its result; ``timeout`` bounds the total wait.
+
+        Args:
+            inputs: an ndarray, image bytes or path, or a dict of them by input name;
+                a list of those sends a batch and returns a list of results.
+
+        Raises:
+            ResultTimeoutError: no result within ``timeout`` seconds.
+            ZooServingError: the server's error for a failed record (code and message).
+        """
+        if isinstance(inputs, list):
+            return self.predict_many(inputs, timeout)
+        uri = f"predict-{uuid.uuid4().hex}"
+        self.enqueue(uri, deadline_s=timeout, **_named(inputs))
+        result = self._pop(uri, timeout)
+        if result is None:
+            raise ResultTimeoutError(f"no result for {uri} within {timeout}s; is a server running?")
+        return _value(result)
+
+    def predict_many(self, batch: list[Any], timeout: float = 30.0) -> list[Any]:
+        """Send several records and wait for all of them; ``timeout`` bounds the total wait."""
+        uris = [f"predict-{uuid.uuid4().hex}" for _ in batch]
+        self.enqueue_many(zip(uris, (_named(x) for x in batch)), deadline_s=timeout)
+        results = self._pop_many(uris, timeout)
+        if len(results) < len(uris):
+            raise ResultTimeoutError(
+                f"{len(uris) - len(results)} of {len(uris)} results missing after {timeout}s"
+            )
+        return [_value(results[u]) for u in uris]
+
+
+class OutputQueue(_RedisUser):
+    """Fetches results; takes the same arguments as :class:`InputQueue`.
+
+    A fetched result is removed from Redis (as in the original client); results nobody fetches
+    expire after ``data.result_ttl_s``.
+    """
+
+    def query(self, uri: str, timeout: float | None = None) -> Any:
+        """The result of ``uri``, or None if it is not there yet.
+
+        With ``timeout`` (seconds), block up to that long for it instead of returning None.
+        Raises the record's :class:`ZooServingError` when it failed.
+        """
+        result = self._pop(uri, timeout)
+        return None if result is None else _value(result)
+
+    def query_many(self, uris: list[str], timeout: float) -> dict[str, Any]:
+        """Results of several uris, waiting up to ``timeout`` seconds in total; a failed record
+        maps to its error object, a missing one is absent."""
+        return self._pop_many(list(uris), timeout)
+
+    def dequeue(self) -> dict[str, Any]:
+        """Every result not fetched yet, by uri (failed records map to their error object)."""
+        out: dict[str, Any] = {}
+        finished = keys.finished(self.stream)
+        while True:
+            uris = self.db.lpop(finished, 1000)
+            if not uris:
+                return out
+            pipe = self.db.pipeline(transaction=False)
+            for uri in uris:
+                pipe.lpop(keys.result(self.stream, uri))
+            for uri, blob in zip(uris, pipe.execute()):
+                if blob is not None:
+                    out[uri.decode("utf-8", "replace")] = decode_result(blob)

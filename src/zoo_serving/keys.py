@@ -1,0 +1,41 @@
+"""Every Redis key name zoo_serving uses, in one place.
+
+A stream name holds only ``[A-Za-z0-9_.-]`` (checked by the config), so ``{stream}`` is an
+unambiguous Redis Cluster hash tag: a stream and all its keys live in one slot, and a result key
+of one stream can never equal one of another.
+"""
+
+from __future__ import annotations
+
+PREFIX = "zs"  # namespace of every key zoo_serving owns
+
+
+def result(stream: str, uri: str | bytes) -> bytes:
+    """List holding the one result of ``uri`` (native protocol); expires after result_ttl_s."""
+    uri_b = uri if isinstance(uri, bytes) else uri.encode("utf-8")
+    return f"{PREFIX}:{{{stream}}}:result:".encode() + uri_b
+
+
+def finished(stream: str) -> str:
+    """List of uris whose results were written, in order: what ``OutputQueue.dequeue`` drains."""
+    return f"{PREFIX}:{{{stream}}}:finished"
+
+
+def workers(stream: str) -> str:
+    """Hash consumer name -> JSON heartbeat (host, pid, served, ready, ts) of each live worker."""
+    return f"{PREFIX}:{{{stream}}}:workers"
+
+
+def ready(stream: str) -> str:
+    """String set while at least one worker has its model loaded and warmed up."""
+    return f"{PREFIX}:{{{stream}}}:ready"
+
+
+def control(stream: str) -> str:
+    """String a stop request writes (``stop``); every worker of the stream watches it."""
+    return f"{PREFIX}:{{{stream}}}:control"
+
+
+def dead_letter(stream: str) -> str:
+    """Stream of records given up on after too many deliveries."""
+    return f"{PREFIX}:{{{stream}}}:dead"

@@ -1,0 +1,39 @@
+"""Model outputs -> encoded results: top-N class answers or the output tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from .protocol import encode_tensors, encode_topn
+
+
+def is_class_vector(outputs: Mapping[str, np.ndarray]) -> bool:
+    """One output whose record part is a vector of scores (``[C]`` or ``[1, C]``)."""
+    if len(outputs) != 1:
+        return False
+    arr = next(iter(outputs.values()))
+    record_shape = [d for d in arr.shape[1:] if d != 1]
+    return arr.ndim >= 2 and len(record_shape) == 1 and arr.dtype.kind == "f"
+
+
+def top_n(scores: np.ndarray, n: int) -> list[list[tuple[int, float]]]:
+    """Per row of a ``[batch, C]`` score matrix, the ``n`` best ``(class_index, score)``, best
+    first; equal scores keep index order."""
+    n = min(n, scores.shape[1])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :n]
+    best = np.take_along_axis(scores, order, axis=1)
+    return [list(zip(idx.tolist(), val.tolist())) for idx, val in zip(order, best)]
+
+
+def postprocess(outputs: Mapping[str, np.ndarray], n: int, batch: int) -> list[bytes]:
+    """Encoded results for each record of a batch.
+
+    With ``n > 0`` and a single class-score output, each result is the top-``n`` answer;
+    otherwise it is the record's slice of every output tensor.
+    """
+    if n > 0 and is_class_vector(outputs):
+        scores = next(iter(outputs.values())).reshape(batch, -1)
+        return [encode_topn(pairs) for pairs in top_n(scores, n)]
+    return [encode_tensors({k: v[i] for k, v in outputs.items()}) for i in range(batch)]

@@ -1,0 +1,266 @@
+"""The Queue the worker talks to, and its Redis Streams implementation.
+
+The worker knows only :class:`Queue`: read a batch of entries, complete entries with their
+results. Another broker (Kafka, say) would be a second implementation; nothing else changes.
+
+Redis Streams mapping: workers of one stream share a consumer group; ``read`` is XREADGROUP
+(own pending entries first, then new ones, then entries idle too long on a silent consumer via
+XAUTOCLAIM); ``complete`` is one Lua call per batch that, for each entry, acknowledges it and
+only if that acknowledgement is the first writes its result (with a TTL) and deletes the entry
+from the stream. The acknowledgement and the result write are one atomic step, so a record is
+never acknowledged without its result, and a redelivered record never gets a second result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from . import keys
+from .config import DataConfig
+from .errors import BrokerConnectionError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SRC = "localhost:6379"
+
+
+@dataclass
+class Entry:
+    """One stream entry as read: its id and its raw fields."""
+
+    id: bytes
+    fields: dict[bytes, bytes]
+
+
+class Queue(ABC):
+    """What the worker needs from a broker."""
+
+    @abstractmethod
+    def setup(self) -> None:
+        """Create the stream and consumer group if they do not exist."""
+
+    @abstractmethod
+    def read(self, count: int, block_ms: int) -> list[Entry]:
+        """Up to ``count`` entries for this consumer, waiting at most ``block_ms`` for one."""
+
+    @abstractmethod
+    def complete(self, done: Sequence[tuple[Entry, bytes, bytes]]) -> int:
+        """Write ``(entry, uri, result)`` results and acknowledge the entries; returns how many
+        results were written (an entry already completed elsewhere is skipped)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+# ------------------------------------------------------------------ connections
+
+
+def redis_url(data: DataConfig, src: str | None = None) -> str:
+    """The ``redis://`` URL for ``data.src`` (or ``src``), defaulting to localhost:6379."""
+    src = src or data.src or DEFAULT_SRC
+    if "://" in src:
+        return src
+    return f"redis://{src}"
+
+
+def connect(
+    data: DataConfig | None = None, *, url: str | None = None, check: bool = True, **kwargs: Any
+) -> Any:
+    """A redis-py client for ``data`` (URL, password, ACL user, TLS files) or for ``url``.
+
+    Raises:
+        BrokerConnectionError: with ``check``, when Redis does not answer or refuses the login.
+    """
+    import redis
+
+    data = data or DataConfig()
+    target = url or redis_url(data)
+    options: dict[str, Any] = {"socket_keepalive": True, "health_check_interval": 30}
+    if data.password and not urlsplit(target).password:
+        options["password"] = data.password
+    if data.username and not urlsplit(target).username:
+        options["username"] = data.username
+    if target.startswith("rediss://"):
+        if data.tls_ca:
+            options["ssl_ca_certs"] = data.tls_ca
+        if data.tls_cert:
+            options["ssl_certfile"] = data.tls_cert
+        if data.tls_key:
+            options["ssl_keyfile"] = data.tls_key
+    options.update(kwargs)
+    client = redis.Redis.from_url(target, **options)
+    if check:
+        try:
+            client.ping()
+        except redis.exceptions.AuthenticationError as exc:
+            raise BrokerConnectionError(
+                f"Redis at {_safe(target)} refused the login: {exc}; check data.password / "
+                "data.username or the URL's credentials",
+                url=_safe(target),
+            ) from None
+        except redis.exceptions.RedisError as exc:
+            raise BrokerConnectionError(
+                f"Redis at {_safe(target)} does not answer: {exc}; start redis-server or set "
+                "data.src",
+                url=_safe(target),
+            ) from None
+    return client
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+def consumer_name(tag: str = "") -> str:
+    """A consumer name unique to this process (and ``tag``): host-pid[-tag]."""
+    name = f"{socket.gethostname()}-{os.getpid()}"
+    return f"{name}-{tag}" if tag else name
+
+
+# ------------------------------------------------------------------ Redis Streams
+
+# KEYS: stream, finished list, then one result key per entry
+# ARGV: group, ttl_ms, finished_max, then (id, value, uri) per entry
+_COMPLETE_LUA = """
+local written = 0
+local n = #KEYS - 2
+for i = 1, n do
+  local base = 3 + (i - 1) * 3
+  local id = ARGV[base + 1]
+  if redis.call('XACK', KEYS[1], ARGV[1], id) == 1 then
+    local key = KEYS[2 + i]
+    redis.call('DEL', key)
+    redis.call('RPUSH', key, ARGV[base + 2])
+    redis.call('PEXPIRE', key, ARGV[2])
+    redis.call('RPUSH', KEYS[2], ARGV[base + 3])
+    written = written + 1
+  end
+  redis.call('XDEL', KEYS[1], id)
+end
+if written > 0 then
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return written
+"""
+
+FINISHED_MAX = 100_000  # uris remembered for OutputQueue.dequeue
+
+
+class RedisStreamQueue(Queue):
+    """A consumer of one Redis stream within its consumer group.
+
+    Args:
+        client: a redis-py client (bytes responses).
+        stream: the input stream name.
+        group: the consumer group.
+        consumer: this consumer's name, unique among live workers.
+        result_ttl_s: lifetime of result keys.
+        claim_idle_ms: entries pending this long on another consumer are taken over.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        stream: str,
+        group: str = "serving",
+        consumer: str | None = None,
+        result_ttl_s: int = 3600,
+        claim_idle_ms: int = 30_000,
+    ) -> None:
+        self.client = client
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer or consumer_name()
+        self.result_ttl_ms = result_ttl_s * 1000
+        self.claim_idle_ms = claim_idle_ms
+        self._own_pending_done = False
+        self._next_claim = 0.0
+        self._claim_cursor = b"0-0"
+        self._complete = client.register_script(_COMPLETE_LUA)
+        self._finished_key = keys.finished(stream)
+
+    def setup(self) -> None:
+        import redis
+
+        try:
+            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read(self, count: int, block_ms: int) -> list[Entry]:
+        if not self._own_pending_done:
+            # entries this consumer name read before but never completed (a restart)
+            entries = self._xread("0", count, None)
+            if len(entries) < count:
+                self._own_pending_done = True
+            if entries:
+                return entries
+        now = time.monotonic()
+        if now >= self._next_claim:
+            self._next_claim = now + max(self.claim_idle_ms / 2000.0, 0.05)
+            claimed = self._claim(count)
+            if claimed:
+                return claimed
+        return self._xread(">", count, block_ms)
+
+    def _xread(self, start: str, count: int, block_ms: int | None) -> list[Entry]:
+        reply = self.client.xreadgroup(
+            self.group, self.consumer, {self.stream: start}, count=count, block=block_ms
+        )
+        out: list[Entry] = []
+        for _stream, items in reply or []:
+            # an entry deleted after delivery comes back as (id, None): nothing left to serve
+            out.extend(Entry(eid, fields) for eid, fields in items if fields)
+        return out
+
+    def _claim(self, count: int) -> list[Entry]:
+        reply = self.client.xautoclaim(
+            self.stream,
+            self.group,
+            self.consumer,
+            min_idle_time=self.claim_idle_ms,
+            start_id=self._claim_cursor,
+            count=count,
+        )
+        self._claim_cursor = reply[0]
+        entries = [Entry(eid, fields) for eid, fields in reply[1] if fields]
+        if entries:
+            log.warning(
+                "consumer %s took over %d entries idle > %d ms on another consumer",
+                self.consumer,
+                len(entries),
+                self.claim_idle_ms,
+            )
+        return entries
+
+    def complete(self, done: Sequence[tuple[Entry, bytes, bytes]]) -> int:
+        if not done:
+            return 0
+        keys_: list[Any] = [self.stream, self._finished_key]
+        args: list[Any] = [self.group, self.result_ttl_ms, FINISHED_MAX]
+        for entry, uri, value in done:
+            keys_.append(keys.result(self.stream, uri))
+            args.extend((entry.id, value, uri))
+        return int(self._complete(keys=keys_, args=args))
+
+    def pending(self) -> int:
+        """Entries delivered to a consumer of the group and not yet completed."""
+        info = self.client.xpending(self.stream, self.group)
+        return int(info["pending"]) if info else 0
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,72 @@
+"""The ``threads`` runner: workers in threads of this process (one model each)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from ..worker import Worker
+from .base import Runner
+
+log = logging.getLogger(__name__)
+
+
+class ThreadsRunner(Runner):
+    """``params.workers`` workers, each a thread running :meth:`Worker.run` (which itself
+    overlaps reading, inference and writing in threads)."""
+
+    name = "threads"
+
+    def __init__(self, config) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(config)
+        self._stop_event = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._workers: list[Worker] = []
+        self._errors: list[BaseException] = []
+
+    def _start(self) -> None:
+        self._stop_event.clear()
+        for _ in range(self.workers):
+            worker = Worker(self.config)
+            self._workers.append(worker)
+            thread = threading.Thread(target=self._run, args=(worker,), name=worker.name,
+                                      daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _run(self, worker: Worker) -> None:
+        try:
+            worker.load()
+            worker.run(self._stop_event)
+        except BaseException as exc:  # surfaced to the caller by raise_if_failed
+            log.exception("worker %s failed", worker.name)
+            self._errors.append(exc)
+            self._stop_event.set()
+        finally:
+            worker.close()
+
+    def raise_if_failed(self) -> None:
+        if self._errors:
+            raise self._errors[0]
+
+    def _stop(self) -> None:
+        self._stop_event.set()
+
+    def join(self, timeout_s: float | None = None) -> bool:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for thread in self._threads:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(remaining)
+        return not self._alive()
+
+    def _alive(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    def _ready_count(self) -> int:
+        return sum(1 for w in self._workers if w.ready)
+
+    @property
+    def stats(self) -> list:  # type: ignore[type-arg]
+        """Per-worker :class:`WorkerStats`."""
+        return [w.stats for w in self._workers]

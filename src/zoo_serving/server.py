@@ -1,0 +1,184 @@
+"""The Python API of the server: :class:`Server` (start/stop/context manager) and :func:`serve`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+from . import keys
+from .config import Config, load_config
+from .errors import ServerError
+from .queue import connect, redis_url
+from .redis_server import ManagedRedis, port_answers
+from .runners import Runner, create_runner
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PORT = 6379
+
+
+class Server:
+    """A running zoo_serving server: Redis resolved (or embedded), workers started.
+
+    Args:
+        config: a path to ``config.yaml``, a mapping, or a :class:`Config`.
+        runner: override ``params.runner``.
+
+    Example::
+
+        with Server("config.yaml") as server:      # returns once the model is warmed up
+            print(server.url)                       # the Redis clients should use
+    """
+
+    def __init__(self, config: Any, *, runner: str | None = None) -> None:
+        cfg = load_config(config)
+        if runner:
+            cfg = cfg.replace(**{"params.runner": runner})
+        self.config: Config = cfg
+        self.embedded: ManagedRedis | None = None
+        self.runner: Runner | None = None
+        self._log_handler: logging.Handler | None = None
+        self._stopped = threading.Event()
+
+    @property
+    def url(self) -> str:
+        """The Redis URL the workers use."""
+        return redis_url(self.config.data)
+
+    def start(self, *, wait_ready: bool = True, timeout_s: float | None = 300.0) -> Server:
+        """Resolve Redis, start the workers and (by default) wait until they are ready.
+
+        Raises:
+            ServerError: the workers did not get ready (the cause is chained).
+            BrokerConnectionError: ``data.src`` is set and does not answer.
+        """
+        self._stopped.clear()
+        self.config.work_dir.mkdir(parents=True, exist_ok=True)
+        self._setup_error_log()
+        try:
+            self._resolve_redis()
+            self.runner = create_runner(self.config)
+            log.info("starting %d %s worker(s) on %s stream %s", self.runner.workers,
+                     self.runner.name, self.url, self.config.data.stream)
+            self.runner.start()
+            if wait_ready and not self.runner.wait_ready(timeout_s):
+                self.runner.raise_if_failed()
+                raise ServerError(f"workers not ready within {timeout_s}s")
+        except BaseException:
+            self.stop()
+            raise
+        if wait_ready:
+            log.info("server ready")
+        return self
+
+    def _resolve_redis(self) -> None:
+        if self.config.data.src:
+            connect(self.config.data).close()  # a set src that does not answer is an error
+            return
+        if port_answers("localhost", EMBEDDED_PORT):
+            connect(self.config.data).close()
+            return
+        self.embedded = ManagedRedis(self.config.work_dir / "redis", EMBEDDED_PORT).start()
+        self.config = self.config.replace(**{"data.src": self.embedded.url})
+
+    def _setup_error_log(self) -> None:
+        if not self.config.log.error or self._log_handler is not None:
+            return
+        handler = logging.FileHandler(self.config.work_dir / "error.log", encoding="utf-8")
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+        handler.setLevel(logging.INFO)
+        pkg = logging.getLogger("zoo_serving")
+        if pkg.level == logging.NOTSET or pkg.level > logging.INFO:
+            pkg.setLevel(logging.INFO)
+        pkg.addHandler(handler)
+        self._log_handler = handler
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until the workers end (after :meth:`stop` or a stop request); True if they did."""
+        if self.runner is None:
+            return True
+        return self.runner.join(timeout_s)
+
+    def stop(self, timeout_s: float | None = 60.0) -> None:
+        """Stop reading, finish in-flight records, stop the workers and the embedded Redis."""
+        if self.runner is not None:
+            self.runner.stop(timeout_s)
+            self.runner = None
+        if self.embedded is not None:
+            self.embedded.stop()
+            self.embedded = None
+            self.config = self.config.replace(**{"data.src": None})
+        if self._log_handler is not None:
+            log.info("server stopped")
+            logging.getLogger("zoo_serving").removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+        self._stopped.set()
+
+    @property
+    def running(self) -> bool:
+        return self.runner is not None and self.runner.alive
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def request_stop(config: Config) -> bool:
+    """Write a stop request to the stream's control key (reaches remote workers too).
+
+    Returns False when Redis does not answer.
+    """
+    import json
+
+    try:
+        client = connect(config.data)
+    except Exception:
+        return False
+    try:
+        client.set(keys.control(config.data.stream), json.dumps({"cmd": "stop", "ts": time.time()}),
+                   ex=60)
+    finally:
+        client.close()
+    return True
+
+
+def serve(config: Any, *, runner: str | None = None) -> None:
+    """Serve until SIGINT/SIGTERM or a stop request, then drain and return.
+
+    Example::
+
+        import zoo_serving
+        zoo_serving.serve("config.yaml")
+    """
+    server = Server(config, runner=runner)
+    stopping = threading.Event()
+    installed: dict[int, Any] = {}
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stopping.is_set():
+            log.warning("second signal %d: stopping now", signum)
+            raise SystemExit(128 + signum)
+        log.info("signal %d: draining in-flight records, then stopping", signum)
+        stopping.set()
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            installed[sig] = signal.signal(sig, on_signal)
+    try:
+        server.start()
+        while not stopping.is_set() and server.running:
+            stopping.wait(0.2)
+    finally:
+        server.stop()
+        for sig, previous in installed.items():
+            signal.signal(sig, previous)
+

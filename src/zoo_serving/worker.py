@@ -1,0 +1,416 @@
+"""The serving loop every runner runs: read -> decode -> batch -> predict -> postprocess ->
+write + ack.
+
+Three stages overlap so the model never waits for Redis: a reader thread reads and decodes
+records, the calling thread batches and runs the model, a writer thread writes results and
+acknowledges records. Bounded hand-over queues give backpressure between them. A stop request
+(the event, a signal handled by the runner, or the stream's control key) stops reading; what was
+read is still served, written and acknowledged before :meth:`Worker.run` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue as _queue
+import socket
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import keys, protocol
+from .backends import Model, ModelOptions, load_model
+from .config import Config, load_config
+from .errors import DeadlineExceededError, InferenceError, ZooServingError
+from .postprocess import postprocess
+from .preprocess import Preprocessor
+from .queue import Entry, Queue, RedisStreamQueue, connect, consumer_name
+
+log = logging.getLogger(__name__)
+record_log = logging.getLogger("zoo_serving.records")
+
+_STOP = object()  # end-of-work marker passed down the stages
+HEARTBEAT_S = 1.0
+HEARTBEAT_TTL_S = 5.0
+
+
+@dataclass
+class Item:
+    """One record in flight through the stages."""
+
+    entry: Entry
+    uri: bytes
+    arrays: dict[str, np.ndarray] | None = None
+    result: bytes | None = None
+    deadline_ms: int | None = None
+
+
+@dataclass
+class WorkerStats:
+    """What one worker has done so far."""
+
+    succeeded: int = 0
+    failed: int = 0
+    batches: int = 0
+    failures_by_code: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+def model_options(config: Config) -> ModelOptions:
+    return ModelOptions(
+        threads=config.params.threads,
+        engine_type=config.params.engine_type,
+        batch_size=config.params.batch_size,
+        input_shape=config.data.shape,
+    )
+
+
+class Worker:
+    """One serving worker: one model, one consumer in the stream's consumer group.
+
+    Args:
+        config: the serving config (or anything :func:`load_config` takes).
+        queue: the broker consumer; by default a :class:`RedisStreamQueue` on ``data.src``.
+        model: an already loaded model; by default the one at ``model.path``.
+        name: the consumer name; by default host-pid plus a counter.
+
+    Example::
+
+        worker = Worker("config.yaml")
+        worker.load()
+        worker.run(stop_event)      # returns after stop_event is set and in-flight work is done
+    """
+
+    _count = 0
+    _count_lock = threading.Lock()
+
+    def __init__(
+        self,
+        config: Any,
+        *,
+        queue: Queue | None = None,
+        model: Model | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.config = load_config(config)
+        with Worker._count_lock:
+            Worker._count += 1
+            number = Worker._count
+        self.name = name or consumer_name(str(number))
+        self.queue = queue
+        self.model = model
+        self.stats = WorkerStats()
+        self.ready = False
+        self._redis: Any = None
+        self._preprocess: Preprocessor | None = None
+        self._started = time.time()
+
+    # -------------------------------------------------------------- lifecycle
+
+    def load(self) -> Worker:
+        """Connect, create the consumer group, load and warm up the model."""
+        cfg = self.config
+        if self.queue is None:
+            self._redis = connect(cfg.data)
+            self.queue = RedisStreamQueue(
+                self._redis,
+                cfg.data.stream,
+                cfg.data.group,
+                consumer=self.name,
+                result_ttl_s=cfg.data.result_ttl_s,
+                claim_idle_ms=cfg.params.claim_idle_ms,
+            )
+        self.queue.setup()
+        if self.model is None:
+            self.model = load_model(cfg.model.path or "", cfg.model.backend, model_options(cfg))
+        self.model.warmup(cfg.params.batch_size)
+        self._preprocess = Preprocessor(
+            self.model.inputs,
+            image_shape=cfg.data.shape,
+            image_layout=self.model.image_layout,
+            max_payload_bytes=cfg.data.max_payload_bytes,
+        )
+        self.ready = True
+        log.info("worker %s ready: %s model %s", self.name, self.model.backend, self.model.path)
+        return self
+
+    def close(self) -> None:
+        """Free the model and the connection."""
+        if self.model is not None:
+            self.model.close()
+        if self.queue is not None:
+            self.queue.close()
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until ``stop`` is set; then finish every record already read and return."""
+        if not self.ready:
+            self.load()
+        params = self.config.params
+        to_batch: _queue.Queue[Any] = _queue.Queue(maxsize=params.batch_size * 4)
+        to_write: _queue.Queue[Any] = _queue.Queue(maxsize=params.batch_size * 8)
+        threads = [
+            threading.Thread(target=self._read_loop, args=(stop, to_batch, to_write),
+                             name=f"{self.name}-read", daemon=True),
+            threading.Thread(target=self._write_loop, args=(to_write,),
+                             name=f"{self.name}-write", daemon=True),
+        ]
+        if self._redis is not None:
+            threads.append(threading.Thread(target=self._heartbeat_loop, args=(stop,),
+                                            name=f"{self.name}-heartbeat", daemon=True))
+        for t in threads:
+            t.start()
+        try:
+            self._infer_loop(to_batch, to_write)
+        finally:
+            to_write.put(_STOP)
+            for t in threads:
+                t.join()
+            self._clear_heartbeat()
+        log.info(
+            "worker %s stopped: %d succeeded, %d failed",
+            self.name, self.stats.succeeded, self.stats.failed,
+        )
+
+    # -------------------------------------------------------------- stages
+
+    def _read_loop(self, stop: threading.Event, to_batch: _queue.Queue[Any],
+                   to_write: _queue.Queue[Any]) -> None:
+        assert self.queue is not None
+        count = self.config.params.batch_size * 2
+        backoff = 0.1
+        try:
+            while not stop.is_set():
+                try:
+                    entries = self.queue.read(count, block_ms=100)
+                    backoff = 0.1
+                except Exception as exc:  # broker trouble: back off and try again
+                    log.warning("read from %s failed: %s; retrying in %.1fs",
+                                self.config.data.stream, exc, backoff)
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                for entry in entries:
+                    item = self._decode(entry)
+                    (to_write if item.result is not None else to_batch).put(item)
+        finally:
+            to_batch.put(_STOP)
+
+    def _decode(self, entry: Entry) -> Item:
+        assert self._preprocess is not None
+        uri = entry.fields.get(protocol.F_URI) or entry.id
+        item = Item(entry, uri)
+        try:
+            request = protocol.decode_request(entry.fields)
+            item.deadline_ms = request.deadline_ms
+            self._check_deadline(item)
+            item.arrays = self._preprocess(request)
+        except ZooServingError as exc:
+            self._fail(item, exc)
+        except Exception as exc:  # a decoder bug must not take the worker down
+            log.exception("unexpected error decoding %r", uri)
+            self._fail(item, exc)
+        return item
+
+    @staticmethod
+    def _check_deadline(item: Item) -> None:
+        if item.deadline_ms is not None and time.time() * 1000 > item.deadline_ms:
+            late = time.time() * 1000 - item.deadline_ms
+            raise DeadlineExceededError(
+                f"deadline exceeded by {late:.0f} ms before the model ran; "
+                "send it again with a later deadline"
+            )
+
+    def _infer_loop(self, to_batch: _queue.Queue[Any], to_write: _queue.Queue[Any]) -> None:
+        params = self.config.params
+        max_wait_s = params.max_wait_ms / 1000.0
+        done = False
+        while not done:
+            first = to_batch.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            deadline = time.monotonic() + max_wait_s
+            while len(batch) < params.batch_size:
+                try:
+                    item = to_batch.get_nowait()
+                except _queue.Empty:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    try:
+                        item = to_batch.get(timeout=remaining)
+                    except _queue.Empty:
+                        break
+                if item is _STOP:
+                    done = True
+                    break
+                batch.append(item)
+            self._serve_batch(batch)
+            for item in batch:
+                to_write.put(item)
+
+    def _serve_batch(self, batch: list[Item]) -> None:
+        live = []
+        for item in batch:
+            try:
+                self._check_deadline(item)
+                live.append(item)
+            except DeadlineExceededError as exc:
+                self._fail(item, exc)
+        groups: dict[tuple[Any, ...], list[Item]] = defaultdict(list)
+        for item in live:
+            assert item.arrays is not None
+            groups[tuple((k, v.shape) for k, v in item.arrays.items())].append(item)
+        for group in groups.values():
+            self._predict_isolating(group)
+        self.stats.batches += 1
+
+    def _predict_isolating(self, items: list[Item]) -> None:
+        """Run the model; if the batch fails, split it so only the bad record(s) fail."""
+        try:
+            outputs = self._predict([i.arrays for i in items])  # type: ignore[misc]
+            results = postprocess(outputs, self.config.params.top_n, len(items))
+        except Exception as exc:
+            if not isinstance(exc, ZooServingError):
+                log.exception("unexpected error running the model")
+                exc = InferenceError(f"{type(exc).__name__}: {exc}")
+            if len(items) == 1:
+                self._fail(items[0], exc)
+                return
+            mid = len(items) // 2
+            self._predict_isolating(items[:mid])
+            self._predict_isolating(items[mid:])
+            return
+        for item, result in zip(items, results):
+            item.result = result
+            item.arrays = None
+        self.stats.succeeded += len(items)
+
+    def _predict(self, records: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Stack records and run the model, in pieces or padded where its batch size is fixed."""
+        assert self.model is not None
+        n = len(records)
+        fixed = self.model.inputs[0].max_batch
+        step = fixed or n
+        parts: list[dict[str, np.ndarray]] = []
+        for start in range(0, n, step):
+            chunk = records[start : start + step]
+            batch = {k: np.stack([r[k] for r in chunk]) for k in chunk[0]}
+            if fixed and len(chunk) < fixed:
+                batch = {k: _pad(v, fixed) for k, v in batch.items()}
+            out = self.model.predict(batch)
+            parts.append({k: v[: len(chunk)] for k, v in out.items()})
+        if len(parts) == 1:
+            outputs = parts[0]
+        else:
+            outputs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        for name, arr in outputs.items():
+            if arr.shape[:1] != (n,):
+                raise InferenceError(
+                    f"output {name!r} has shape {arr.shape}; expected {n} rows, one per record"
+                )
+        return outputs
+
+    def _write_loop(self, to_write: _queue.Queue[Any]) -> None:
+        assert self.queue is not None
+        finished = False
+        while not finished:
+            item = to_write.get()
+            if item is _STOP:
+                return
+            pending = [item]
+            while len(pending) < 512:
+                try:
+                    nxt = to_write.get_nowait()
+                except _queue.Empty:
+                    break
+                if nxt is _STOP:
+                    finished = True
+                    break
+                pending.append(nxt)
+            self._write(pending)
+
+    def _write(self, items: list[Item]) -> None:
+        assert self.queue is not None
+        done = [(i.entry, i.uri, i.result or b"") for i in items]
+        backoff = 0.1
+        while True:
+            try:
+                self.queue.complete(done)
+                return
+            except Exception as exc:  # keep the results until Redis takes them
+                log.warning("writing %d results failed: %s; retrying in %.1fs", len(done), exc,
+                            backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _fail(self, item: Item, exc: BaseException) -> None:
+        item.result = protocol.encode_exception(exc)
+        item.arrays = None
+        code = exc.code if isinstance(exc, ZooServingError) else "server"
+        self.stats.failed += 1
+        self.stats.failures_by_code[code] += 1
+        record_log.warning(
+            "record failed uri=%s code=%s: %s", item.uri.decode("utf-8", "replace"), code, exc
+        )
+
+    # -------------------------------------------------------------- heartbeat and control
+
+    def _heartbeat_loop(self, stop: threading.Event) -> None:
+        stream = self.config.data.stream
+        while not stop.is_set():
+            try:
+                self._beat()
+                request = self._redis.get(keys.control(stream))
+                if request and _stop_requested(request, self._started):
+                    log.info("worker %s: stop requested through %s", self.name,
+                             keys.control(stream))
+                    stop.set()
+            except Exception as exc:
+                log.debug("heartbeat failed: %s", exc)
+            stop.wait(HEARTBEAT_S)
+
+    def _beat(self) -> None:
+        stream = self.config.data.stream
+        beat = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "runner": self.config.params.runner,
+            "ready": self.ready,
+            "succeeded": self.stats.succeeded,
+            "failed": self.stats.failed,
+            "started": self._started,
+            "ts": time.time(),
+        }
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(keys.workers(stream), self.name, json.dumps(beat))
+        if self.ready:
+            pipe.set(keys.ready(stream), self.name, px=int(HEARTBEAT_TTL_S * 1000))
+        pipe.execute()
+
+    def _clear_heartbeat(self) -> None:
+        if self._redis is None:
+            return
+        try:
+            self._redis.hdel(keys.workers(self.config.data.stream), self.name)
+        except Exception as exc:
+            log.debug("could not clear heartbeat: %s", exc)
+
+
+def _stop_requested(request: bytes, started: float) -> bool:
+    """A stop written to the control key after this worker started."""
+    try:
+        body = json.loads(request)
+        return body.get("cmd") == "stop" and float(body.get("ts", 0)) >= started
+    except (ValueError, AttributeError):
+        return False
+
+
+def _pad(arr: np.ndarray, size: int) -> np.ndarray:
+    pad = np.zeros((size - arr.shape[0], *arr.shape[1:]), dtype=arr.dtype)
+    return np.concatenate([arr, pad])
