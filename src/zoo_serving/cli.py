@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -72,13 +73,21 @@ def cmd_start(args: argparse.Namespace) -> int:
         print(f"already running (pid {pid}); `zoo-serve stop` first", file=sys.stderr)
         return 1
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "zoo_serving", "start", "--foreground", "-c",
-           os.path.abspath(args.config)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "zoo_serving",
+        "start",
+        "--foreground",
+        "-c",
+        os.path.abspath(args.config),
+    ]
     if args.runner:
         cmd += ["--runner", args.runner]
     out = open(cfg.work_dir / OUT_FILE, "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
     out.close()
     (cfg.work_dir / PID_FILE).write_text(str(proc.pid))
     deadline = time.monotonic() + args.timeout
@@ -89,12 +98,16 @@ def cmd_start(args: argparse.Namespace) -> int:
             print(_tail(cfg.work_dir / OUT_FILE, 20), file=sys.stderr)
             return 1
         if _is_ready(cfg):
-            print(f"zoo-serve started (pid {proc.pid}), serving stream {cfg.data.stream}; "
-                  f"work dir {cfg.work_dir}")
+            print(
+                f"zoo-serve started (pid {proc.pid}), serving stream {cfg.data.stream}; "
+                f"work dir {cfg.work_dir}"
+            )
             return 0
         time.sleep(0.1)
-    print(f"server (pid {proc.pid}) not ready after {args.timeout}s; see `zoo-serve log`",
-          file=sys.stderr)
+    print(
+        f"server (pid {proc.pid}) not ready after {args.timeout}s; see `zoo-serve log`",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -148,8 +161,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
         _reap(pid)
         time.sleep(0.05)
     if _pid_alive(pid):
-        print(f"server (pid {pid}) still draining after {args.timeout}s; sending SIGKILL",
-              file=sys.stderr)
+        print(
+            f"server (pid {pid}) still draining after {args.timeout}s; sending SIGKILL",
+            file=sys.stderr,
+        )
         os.kill(pid, signal.SIGKILL)
     (cfg.work_dir / PID_FILE).unlink(missing_ok=True)
     print(f"zoo-serve stopped (pid {pid})")
@@ -157,10 +172,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
@@ -209,8 +222,10 @@ def _print_status(status: dict[str, Any], args: argparse.Namespace) -> int:
     else:
         print(f"  queued: {status['queued']}  pending: {status['pending']}")
     for w in status["workers"]:
-        print(f"  worker {w['name']} on {w['host']} pid {w['pid']}: "
-              f"{'ready' if w['ready'] else 'loading'}, {w['succeeded']} ok, {w['failed']} failed")
+        print(
+            f"  worker {w['name']} on {w['host']} pid {w['pid']}: "
+            f"{'ready' if w['ready'] else 'loading'}, {w['succeeded']} ok, {w['failed']} failed"
+        )
     return code
 
 
@@ -266,8 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(func=cmd_init)
 
-    for name, func, text in (("start", cmd_start, "start serving (in the background)"),
-                             ("restart", cmd_restart, "stop, then start")):
+    for name, func, text in (
+        ("start", cmd_start, "start serving (in the background)"),
+        ("restart", cmd_restart, "stop, then start"),
+    ):
         p = with_config(sub.add_parser(name, help=text))
         p.add_argument("--runner", choices=RUNNERS, help="override params.runner")
         p.add_argument("--foreground", action="store_true", help="serve in this process")

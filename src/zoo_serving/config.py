@@ -295,7 +295,10 @@ class Config:
         return base / ".zoo-serving"
 
     def replace(self, **dotted: Any) -> Config:
-        """A copy with ``section.key`` values changed and validated: ``replace(**{"params.runner": "ray"})``."""
+        """A copy with ``section.key`` values changed and validated.
+
+        Example: ``cfg.replace(**{"params.runner": "ray"})``.
+        """
         raw = to_dict(self)
         for key, value in dotted.items():
             section, _, name = key.partition(".")
@@ -402,7 +405,9 @@ def default_config_text(model_path: str = "/path/to/model") -> str:
                 default = ",".join(str(d) for d in default)
             elif isinstance(default, bool):
                 default = "y" if default else "n"
-            lines.append(f"  # {f.metadata['doc']} (default: {default if default is not None else 'empty'})")
+            lines.append(
+                f"  # {f.metadata['doc']} (default: {default if default is not None else 'empty'})"
+            )
             value = model_path if (name, f.name) == ("model", "path") else ""
             lines.append(f"  {f.name}: {value}".rstrip())
         lines.append("")

@@ -21,8 +21,18 @@ SIZE = 64
 
 # prototype colours of the classes, BGR in 0..1 (OpenCV decodes to BGR)
 PROTOTYPES = np.array(
-    [[0.1, 0.1, 0.9], [0.1, 0.55, 0.95], [0.1, 0.9, 0.9], [0.1, 0.8, 0.1], [0.9, 0.9, 0.1],
-     [0.9, 0.2, 0.1], [0.8, 0.2, 0.6], [0.5, 0.5, 0.5], [0.05, 0.05, 0.05], [0.95, 0.95, 0.95]],
+    [
+        [0.1, 0.1, 0.9],
+        [0.1, 0.55, 0.95],
+        [0.1, 0.9, 0.9],
+        [0.1, 0.8, 0.1],
+        [0.9, 0.9, 0.1],
+        [0.9, 0.2, 0.1],
+        [0.8, 0.2, 0.6],
+        [0.5, 0.5, 0.5],
+        [0.05, 0.05, 0.05],
+        [0.95, 0.95, 0.95],
+    ],
     np.float32,
 )
 
@@ -52,8 +62,10 @@ def build_demo_model(path: Path, sharpness: float = 20.0) -> Path:
         "zoo_serving_demo",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
         [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", classes])],
-        [numpy_helper.from_array(a, n) for a, n in
-         ((weight, "weight"), (bias, "bias"), (scale, "scale"))],
+        [
+            numpy_helper.from_array(a, n)
+            for a, n in ((weight, "weight"), (bias, "bias"), (scale, "scale"))
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -67,13 +79,16 @@ def draw_images(folder: Path) -> list[Path]:
     import cv2
 
     folder.mkdir(parents=True, exist_ok=True)
-    shapes = [("red-circle", (40, 40, 220)), ("green-square", (40, 190, 40)),
-              ("blue-triangle", (220, 60, 30))]
+    shapes = [
+        ("red-circle", (40, 40, 220)),
+        ("green-square", (40, 190, 40)),
+        ("blue-triangle", (220, 60, 30)),
+    ]
     paths = []
     for i, (name, bgr) in enumerate(shapes):
         img = np.empty((120, 160, 3), np.uint8)
         img[:] = bgr
-        bgr = tuple(int(c * 0.7) for c in bgr)
+        bgr = (int(bgr[0] * 0.7), int(bgr[1] * 0.7), int(bgr[2] * 0.7))
         if i == 0:
             cv2.circle(img, (80, 60), 40, bgr, -1)
         elif i == 1:
@@ -125,10 +140,12 @@ def run_demo(images: list[str], work_dir: str | None = None, top_n: int = 3) -> 
                 served = client.predict(data, timeout=30)
                 direct = direct_top_n(model_path, data, top_n)
                 same = [i for i, _ in served] == [i for i, _ in direct] and np.allclose(
-                    [p for _, p in served], [p for _, p in direct], atol=1e-5)
+                    [p for _, p in served], [p for _, p in direct], atol=1e-5
+                )
                 mismatches += not same
                 answer = ", ".join(f"{LABELS[i]} ({i}) {p:.3f}" for i, p in served)
-                print(f"{path.name}: {answer}  [{'matches' if same else 'DIFFERS FROM'} "
-                      "onnxruntime]")
+                print(
+                    f"{path.name}: {answer}  [{'matches' if same else 'DIFFERS FROM'} onnxruntime]"
+                )
     print("server stopped" + (", embedded redis-server stopped" if where.startswith("emb") else ""))
     return 1 if mismatches else 0

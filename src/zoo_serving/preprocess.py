@@ -102,7 +102,9 @@ class Preprocessor:
             )
         c, h, w = self.target_image_shape(spec)
         if c not in (1, 3):
-            raise ShapeError(f"input {raw.name!r}: images have 1 or 3 channels, the model wants {c}")
+            raise ShapeError(
+                f"input {raw.name!r}: images have 1 or 3 channels, the model wants {c}"
+            )
         buf = np.frombuffer(raw.data, dtype=np.uint8)
         flag = cv2.IMREAD_GRAYSCALE if c == 1 else cv2.IMREAD_COLOR
         img = cv2.imdecode(buf, flag) if buf.size else None
@@ -135,7 +137,9 @@ class Preprocessor:
                 f"input {raw.name!r}: dtype {dtype} is not numeric; the model takes {spec.dtype}"
             )
         if len(shape) > MAX_DIMS:
-            raise ShapeError(f"input {raw.name!r}: {len(shape)} dims is over the limit of {MAX_DIMS}")
+            raise ShapeError(
+                f"input {raw.name!r}: {len(shape)} dims is over the limit of {MAX_DIMS}"
+            )
         count = 1
         for d in shape:
             count *= d

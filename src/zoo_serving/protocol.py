@@ -4,8 +4,9 @@ A request is one stream entry, every field raw bytes::
 
     uri            the client's id for the record (any bytes)
     zs             protocol version, b"1"
-    tensor:<name>  C-order tensor bytes        with  dtype:<name>  numpy dtype string (b"<f4")
-                                                     shape:<name>  comma-separated dims (b"3,224,224")
+    tensor:<name>  C-order tensor bytes, with
+    dtype:<name>   its numpy dtype string (b"<f4")
+    shape:<name>   its comma-separated dims (b"3,224,224")
     image:<name>   an encoded image (JPEG, PNG, BMP, ...)
     deadline_ms    optional: Unix time in ms after which the record is not worth serving
 
@@ -38,7 +39,7 @@ P_DTYPE = b"dtype:"
 P_SHAPE = b"shape:"
 P_IMAGE = b"image:"
 
-InputValue = Union[np.ndarray, bytes, bytearray, memoryview]
+InputValue = Union[np.ndarray, bytes, bytearray, memoryview]  # noqa: UP007 - runtime alias
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ def encode_exception(exc: BaseException) -> bytes:
     return encode_error("server", f"{type(exc).__name__}: {exc}")
 
 
-ResultValue = Union[list, np.ndarray, dict, ZooServingError]
+ResultValue = Union[list, np.ndarray, dict, ZooServingError]  # noqa: UP007 - runtime alias
 
 
 def decode_result(blob: bytes) -> ResultValue:

@@ -82,14 +82,22 @@ class ManagedRedis:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         args = [
             find_redis_server(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.work_dir),
-            "--logfile", str(self.log_file),
-            "--pidfile", str(self.work_dir / "redis.pid"),
-            "--save", "",
-            "--appendonly", "no",
-            "--daemonize", "no",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.work_dir),
+            "--logfile",
+            str(self.log_file),
+            "--pidfile",
+            str(self.work_dir / "redis.pid"),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
             *self.extra_args,
         ]
         log.info("starting embedded redis-server on 127.0.0.1:%d", self.port)
@@ -99,7 +107,11 @@ class ManagedRedis:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                err = (
+                    self.process.stderr.read().decode(errors="replace")
+                    if self.process.stderr
+                    else ""
+                )
                 raise ServerError(
                     f"redis-server exited at start (code {self.process.returncode}): "
                     f"{err.strip() or self._log_tail()}"

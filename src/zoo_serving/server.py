@@ -62,8 +62,13 @@ class Server:
         try:
             self._resolve_redis()
             self.runner = create_runner(self.config)
-            log.info("starting %d %s worker(s) on %s stream %s", self.runner.workers,
-                     self.runner.name, self.url, self.config.data.stream)
+            log.info(
+                "starting %d %s worker(s) on %s stream %s",
+                self.runner.workers,
+                self.runner.name,
+                self.url,
+                self.config.data.stream,
+            )
             self.runner.start()
             if wait_ready and not self.runner.wait_ready(timeout_s):
                 self.runner.raise_if_failed()
@@ -89,9 +94,7 @@ class Server:
         if not self.config.log.error or self._log_handler is not None:
             return
         handler = logging.FileHandler(self.config.work_dir / "error.log", encoding="utf-8")
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        )
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.INFO)
         pkg = logging.getLogger("zoo_serving")
         if pkg.level == logging.NOTSET or pkg.level > logging.INFO:
@@ -144,8 +147,9 @@ def request_stop(config: Config) -> bool:
     except Exception:
         return False
     try:
-        client.set(keys.control(config.data.stream), json.dumps({"cmd": "stop", "ts": time.time()}),
-                   ex=60)
+        client.set(
+            keys.control(config.data.stream), json.dumps({"cmd": "stop", "ts": time.time()}), ex=60
+        )
     finally:
         client.close()
     return True
@@ -161,7 +165,7 @@ def serve(config: Any, *, runner: str | None = None) -> None:
     """
     server = Server(config, runner=runner)
     stopping = threading.Event()
-    installed: dict[int, Any] = {}
+    installed: dict[signal.Signals, Any] = {}
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         if stopping.is_set():
@@ -181,4 +185,3 @@ def serve(config: Any, *, runner: str | None = None) -> None:
         server.stop()
         for sig, previous in installed.items():
             signal.signal(sig, previous)
-

@@ -154,14 +154,25 @@ class Worker:
         to_batch: _queue.Queue[Any] = _queue.Queue(maxsize=params.batch_size * 4)
         to_write: _queue.Queue[Any] = _queue.Queue(maxsize=params.batch_size * 8)
         threads = [
-            threading.Thread(target=self._read_loop, args=(stop, to_batch, to_write),
-                             name=f"{self.name}-read", daemon=True),
-            threading.Thread(target=self._write_loop, args=(to_write,),
-                             name=f"{self.name}-write", daemon=True),
+            threading.Thread(
+                target=self._read_loop,
+                args=(stop, to_batch, to_write),
+                name=f"{self.name}-read",
+                daemon=True,
+            ),
+            threading.Thread(
+                target=self._write_loop, args=(to_write,), name=f"{self.name}-write", daemon=True
+            ),
         ]
         if self._redis is not None:
-            threads.append(threading.Thread(target=self._heartbeat_loop, args=(stop,),
-                                            name=f"{self.name}-heartbeat", daemon=True))
+            threads.append(
+                threading.Thread(
+                    target=self._heartbeat_loop,
+                    args=(stop,),
+                    name=f"{self.name}-heartbeat",
+                    daemon=True,
+                )
+            )
         for t in threads:
             t.start()
         try:
@@ -173,13 +184,16 @@ class Worker:
             self._clear_heartbeat()
         log.info(
             "worker %s stopped: %d succeeded, %d failed",
-            self.name, self.stats.succeeded, self.stats.failed,
+            self.name,
+            self.stats.succeeded,
+            self.stats.failed,
         )
 
     # -------------------------------------------------------------- stages
 
-    def _read_loop(self, stop: threading.Event, to_batch: _queue.Queue[Any],
-                   to_write: _queue.Queue[Any]) -> None:
+    def _read_loop(
+        self, stop: threading.Event, to_batch: _queue.Queue[Any], to_write: _queue.Queue[Any]
+    ) -> None:
         assert self.queue is not None
         count = self.config.params.batch_size * 2
         backoff = 0.1
@@ -189,8 +203,12 @@ class Worker:
                     entries = self.queue.read(count, block_ms=100)
                     backoff = 0.1
                 except Exception as exc:  # broker trouble: back off and try again
-                    log.warning("read from %s failed: %s; retrying in %.1fs",
-                                self.config.data.stream, exc, backoff)
+                    log.warning(
+                        "read from %s failed: %s; retrying in %.1fs",
+                        self.config.data.stream,
+                        exc,
+                        backoff,
+                    )
                     stop.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
@@ -344,8 +362,9 @@ class Worker:
                 self.queue.complete(done)
                 return
             except Exception as exc:  # keep the results until Redis takes them
-                log.warning("writing %d results failed: %s; retrying in %.1fs", len(done), exc,
-                            backoff)
+                log.warning(
+                    "writing %d results failed: %s; retrying in %.1fs", len(done), exc, backoff
+                )
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -368,8 +387,9 @@ class Worker:
                 self._beat()
                 request = self._redis.get(keys.control(stream))
                 if request and _stop_requested(request, self._started):
-                    log.info("worker %s: stop requested through %s", self.name,
-                             keys.control(stream))
+                    log.info(
+                        "worker %s: stop requested through %s", self.name, keys.control(stream)
+                    )
                     stop.set()
             except Exception as exc:
                 log.debug("heartbeat failed: %s", exc)
@@ -396,8 +416,11 @@ class Worker:
     def _clear_heartbeat(self) -> None:
         if self._redis is None:
             return
+        stream = self.config.data.stream
         try:
-            self._redis.hdel(keys.workers(self.config.data.stream), self.name)
+            self._redis.hdel(keys.workers(stream), self.name)
+            if self._redis.get(keys.ready(stream)) == self.name.encode():
+                self._redis.delete(keys.ready(stream))  # others re-assert it within a beat
         except Exception as exc:
             log.debug("could not clear heartbeat: %s", exc)
 

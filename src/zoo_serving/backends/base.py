@@ -111,7 +111,9 @@ class Model(ABC):
         except ModelError:
             raise
         except Exception as exc:  # the framework's own error types vary
-            raise InferenceError(f"{self.backend} model failed: {type(exc).__name__}: {exc}") from exc
+            raise InferenceError(
+                f"{self.backend} model failed: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def warmup(self, batch_size: int | None = None) -> None:
         """Run one batch of zeros so the first real batch pays no one-off costs."""

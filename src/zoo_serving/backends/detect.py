@@ -66,7 +66,10 @@ def detect_model(path: str | os.PathLike[str]) -> ModelLayout:
         meta = root_dir / "graph_meta.json"
         extra = {"graph_meta": meta} if meta.is_file() else {}
         found.extend(ModelLayout("tensorflow", pb, extra, kind="frozen") for pb in pbs)
-    for main_ext, other_ext, backend in ((".prototxt", ".caffemodel", "caffe"), (".xml", ".bin", "openvino")):
+    for main_ext, other_ext, backend in (
+        (".prototxt", ".caffemodel", "caffe"),
+        (".xml", ".bin", "openvino"),
+    ):
         _paired(files, main_ext, other_ext, backend, found, half)
     found.extend(ModelLayout("torch", f) for f in _one(files, (".pt", ".pth")))
     found.extend(ModelLayout("bigdl", f) for f in _one(files, (".model",)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -26,12 +27,14 @@ _ORT_TYPES = {
 }
 
 
-def _spec(arg: object) -> TensorSpec:
-    type_name = getattr(arg, "type", "")
-    if type_name not in _ORT_TYPES:
-        raise UnsupportedModelError(f"ONNX input/output {arg.name!r} has type {type_name}, which zoo_serving cannot feed")  # type: ignore[attr-defined]
-    shape = tuple(d if isinstance(d, int) and d > 0 else None for d in arg.shape)  # type: ignore[attr-defined]
-    return TensorSpec(arg.name, np.dtype(_ORT_TYPES[type_name]), shape)  # type: ignore[attr-defined]
+def _spec(arg: Any) -> TensorSpec:
+    """TensorSpec of an onnxruntime NodeArg (symbolic dims become None)."""
+    if arg.type not in _ORT_TYPES:
+        raise UnsupportedModelError(
+            f"ONNX input/output {arg.name!r} has type {arg.type}, which zoo_serving cannot feed"
+        )
+    shape = tuple(d if isinstance(d, int) and d > 0 else None for d in arg.shape)
+    return TensorSpec(arg.name, np.dtype(_ORT_TYPES[arg.type]), shape)
 
 
 class OnnxModel(Model):

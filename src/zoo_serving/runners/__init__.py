@@ -38,5 +38,7 @@ def create_runner(config: Config, name: str | None = None) -> Runner:
     module_name, _, attr = target.partition(":")
     cls = getattr(importlib.import_module(module_name), attr)
     if not (isinstance(cls, type) and issubclass(cls, Runner)):
-        raise ConfigError(f"params.runner: {target!r} is not a Runner subclass", key="params.runner")
+        raise ConfigError(
+            f"params.runner: {target!r} is not a Runner subclass", key="params.runner"
+        )
     return cls(config)

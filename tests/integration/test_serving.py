@@ -1,0 +1,101 @@
+"""ONNX and TorchScript models served end to end through a real Redis, compared with the
+framework's own output for the same input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import jpeg
+from zoo_serving.backends.base import TensorSpec
+from zoo_serving.preprocess import Preprocessor
+from zoo_serving.protocol import RawInput
+
+
+def onnx_direct(model_dir: Path, batch: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(
+        str(next(model_dir.glob("*.onnx"))), providers=["CPUExecutionProvider"]
+    )
+    return sess.run(None, {"input": batch})[0]
+
+
+def torch_direct(model_dir: Path, batch: np.ndarray) -> np.ndarray:
+    import torch
+
+    module = torch.jit.load(str(next(model_dir.glob("*.pt")))).eval()
+    with torch.inference_mode():
+        return module(torch.from_numpy(batch)).numpy()
+
+
+DIRECT = {"onnx": onnx_direct, "torch": torch_direct}
+
+
+def decoded_image(data: bytes) -> np.ndarray:
+    """The image as the server decodes it (OpenCV, BGR, float32, CHW 3x32x32)."""
+    spec = TensorSpec("input", np.dtype(np.float32), (None, 3, 32, 32))
+    return Preprocessor([spec], (3, 32, 32)).decode(RawInput("input", "image", data), spec)
+
+
+def assert_top_n(served: list, scores: np.ndarray, n: int) -> None:
+    order = np.argsort(-scores, kind="stable")[:n]
+    assert [i for i, _ in served] == order.tolist()
+    np.testing.assert_allclose([p for _, p in served], scores[order], rtol=0, atol=1e-5)
+
+
+@pytest.fixture(params=["onnx", "torch"])
+def model(request: pytest.FixtureRequest) -> tuple[str, Path]:
+    return request.param, request.getfixturevalue(f"{request.param}_model_dir")
+
+
+def test_tensor_inputs_match_framework(model, serve, client) -> None:
+    backend, model_dir = model
+    serve(model_dir)
+    rng = np.random.default_rng(1)
+    batch = rng.normal(0, 50, (6, 3, 32, 32)).astype(np.float32)
+    served = client.predict([x for x in batch], timeout=30)
+    direct = DIRECT[backend](model_dir, batch)
+    for answer, scores in zip(served, direct):
+        assert_top_n(answer, scores, 3)
+
+
+def test_image_inputs_match_framework(model, serve, client) -> None:
+    backend, model_dir = model
+    serve(model_dir)
+    images = [jpeg(seed) for seed in range(5)]
+    served = client.predict(images, timeout=30)
+    direct = DIRECT[backend](model_dir, np.stack([decoded_image(b) for b in images]))
+    for answer, scores in zip(served, direct):
+        assert_top_n(answer, scores, 3)
+
+
+def test_image_from_path_and_fixture_jpeg(onnx_model_dir, serve, client, fixtures_dir) -> None:
+    serve(onnx_model_dir, **{"params.top_n": 5})
+    path = fixtures_dir / "images" / "cat1.jpeg"
+    served = client.predict(str(path), timeout=30)
+    direct = onnx_direct(onnx_model_dir, decoded_image(path.read_bytes())[None])[0]
+    assert_top_n(served, direct, 5)
+
+
+def test_top_n_zero_returns_output_tensor(model, serve, client) -> None:
+    backend, model_dir = model
+    serve(model_dir, **{"params.top_n": 0})
+    x = np.random.default_rng(2).normal(0, 50, (3, 32, 32)).astype(np.float32)
+    served = client.predict(x, timeout=30)
+    direct = DIRECT[backend](model_dir, x[None])[0]
+    assert served.dtype == direct.dtype and served.shape == direct.shape
+    np.testing.assert_allclose(served, direct, rtol=0, atol=1e-5)
+
+
+def test_records_sent_before_the_server_starts_are_served(onnx_model_dir, serve, client, output):
+    xs = np.random.default_rng(3).normal(0, 50, (5, 3, 32, 32)).astype(np.float32)
+    client.enqueue_many((f"early-{i}", {"t": x}) for i, x in enumerate(xs))
+    serve(onnx_model_dir)
+    results = output.query_many([f"early-{i}" for i in range(5)], timeout=30)
+    direct = onnx_direct(onnx_model_dir, xs)
+    assert sorted(results) == [f"early-{i}" for i in range(5)]
+    for i, scores in enumerate(direct):
+        assert_top_n(results[f"early-{i}"], scores, 3)
