@@ -34,6 +34,7 @@ from .protocol import ResultValue, decode_result
 __all__ = ["InputQueue", "OutputQueue"]
 
 _DEFAULT_INPUT = "t"  # input name used when predict() gets a bare array or image
+_WINDOW = 128  # result keys looked at per round trip when waiting for many
 
 
 class _RedisUser:
@@ -94,21 +95,33 @@ class _RedisUser:
         return None if blob is None else decode_result(blob)
 
     def _pop_many(self, uris: list[str], timeout: float) -> dict[str, ResultValue]:
-        """Block until every uri has a result or ``timeout`` seconds have passed in total."""
+        """Block until every uri has a result or ``timeout`` seconds have passed in total.
+
+        Results arrive roughly in the order records were sent, so this works on a window of
+        the oldest missing keys: take whatever of the window is there in one pipelined round
+        trip, and when nothing is, block (BLPOP) on the window until something arrives.
+        """
         by_key = {keys.result(self.stream, u): u for u in uris}
         out: dict[str, ResultValue] = {}
         deadline = time.monotonic() + timeout
         waiting = list(by_key)
         while waiting:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            reply = self.db.blpop(waiting, timeout=max(remaining, 0.001))
-            if reply is None:
-                break
-            key, blob = reply
-            out[by_key[key]] = decode_result(blob)
-            waiting.remove(key)
+            window = waiting[:_WINDOW]
+            pipe = self.db.pipeline(transaction=False)
+            for key in window:
+                pipe.lpop(key)
+            got = {k: b for k, b in zip(window, pipe.execute()) if b is not None}
+            if not got:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                reply = self.db.blpop(window, timeout=max(remaining, 0.001))
+                if reply is None:
+                    break
+                got = {reply[0]: reply[1]}
+            for key, blob in got.items():
+                out[by_key[key]] = decode_result(blob)
+            waiting = [k for k in window if k not in got] + waiting[len(window) :]
         return out
 
 

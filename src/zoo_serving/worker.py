@@ -6,6 +6,10 @@ records, the calling thread batches and runs the model, a writer thread writes r
 acknowledges records. Bounded hand-over queues give backpressure between them. A stop request
 (the event, a signal handled by the runner, or the stream's control key) stops reading; what was
 read is still served, written and acknowledged before :meth:`Worker.run` returns.
+
+Batching is dynamic: a batch takes what has been read, up to ``params.batch_size``, waiting at
+most ``params.max_wait_ms`` for more, and not at all when the last read found the stream empty
+(nothing more is on its way through this reader, so waiting would only add latency).
 """
 
 from __future__ import annotations
@@ -109,6 +113,7 @@ class Worker:
         self._redis: Any = None
         self._preprocess: Preprocessor | None = None
         self._started = time.time()
+        self._drained = True  # the last read emptied the stream
 
     # -------------------------------------------------------------- lifecycle
 
@@ -202,6 +207,8 @@ class Worker:
                 try:
                     entries = self.queue.read(count, block_ms=100)
                     backoff = 0.1
+                    # a short read means Redis has nothing more right now: no point waiting
+                    self._drained = len(entries) < count
                 except Exception as exc:  # broker trouble: back off and try again
                     log.warning(
                         "read from %s failed: %s; retrying in %.1fs",
@@ -211,12 +218,21 @@ class Worker:
                     )
                     stop.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
+                    if "NOGROUP" in str(exc):  # a Redis that came back empty
+                        self._try(self.queue.setup)
                     continue
                 for entry in entries:
                     item = self._decode(entry)
                     (to_write if item.result is not None else to_batch).put(item)
         finally:
             to_batch.put(_STOP)
+
+    @staticmethod
+    def _try(step: Any) -> None:
+        try:
+            step()
+        except Exception as exc:
+            log.warning("%s failed: %s", getattr(step, "__name__", step), exc)
 
     def _decode(self, entry: Entry) -> Item:
         assert self._preprocess is not None
@@ -258,7 +274,7 @@ class Worker:
                     item = to_batch.get_nowait()
                 except _queue.Empty:
                     remaining = deadline - time.monotonic()
-                    if remaining <= 0:
+                    if remaining <= 0 or self._drained:
                         break
                     try:
                         item = to_batch.get(timeout=remaining)
