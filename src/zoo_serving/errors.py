@@ -51,6 +51,7 @@ __all__ = [
     "QueueFullError",
     "ResultTimeoutError",
     "ServerError",
+    "ShapeError",
     "UnsupportedModelError",
     "ZooServingError",
     "error_from_code",

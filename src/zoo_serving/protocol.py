@@ -83,7 +83,7 @@ def encode_request(
                     f"input {name!r}: dtype {value.dtype} cannot go on the wire; "
                     "send a numeric or bool array"
                 )
-            arr = np.ascontiguousarray(value)
+            arr = value  # tobytes() is C order whatever the layout; 0-d stays 0-d
             fields[P_TENSOR + key] = arr.tobytes()
             fields[P_DTYPE + key] = arr.dtype.str.encode()
             fields[P_SHAPE + key] = ",".join(str(d) for d in arr.shape).encode()
@@ -180,7 +180,7 @@ def encode_tensors(outputs: Mapping[str, np.ndarray]) -> bytes:
     meta = []
     blobs = []
     for name, arr in outputs.items():
-        arr = np.ascontiguousarray(arr)
+        arr = np.asarray(arr)  # a numpy scalar (a [batch] output's row) becomes 0-d
         meta.append({"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape)})
         blobs.append(arr.tobytes())
     header = json.dumps({"v": 1, "kind": "tensor", "outputs": meta}, separators=(",", ":"))

@@ -195,7 +195,7 @@ def test_unknown_key_in_file_is_an_error(tmp_path: Path) -> None:
     [
         ("params", "batch_size", 0, "integer >= 1"),
         ("params", "batch_size", "abc", "integer >= 1"),
-        ("data", "shape", "3,224", "3,224,224"),
+        ("data", "shape", "3,0,224", "3,224,224"),
         ("data", "shape", "a,b,c", "3,224,224"),
         ("params", "engine_type", "gpu", "mklblas"),
         ("log", "error", "maybe", "y or n"),

@@ -77,7 +77,13 @@ def _fixture(*parts: str) -> Path:
         (["x.xml", "x.bin"], "openvino", "x.xml", "", {"bin": "x.bin"}),
         (["x.model"], "bigdl", "x.model", "", {}),
         # the only two files of a pair need not share a stem
-        (["deploy.prototxt", "w.caffemodel"], "caffe", "deploy.prototxt", "", {"caffemodel": "w.caffemodel"}),
+        (
+            ["deploy.prototxt", "w.caffemodel"],
+            "caffe",
+            "deploy.prototxt",
+            "",
+            {"caffemodel": "w.caffemodel"},
+        ),
         # other files beside the model do not matter
         (["model.onnx", "README.md", "labels.txt"], "onnx", "model.onnx", "", {}),
         (["MODEL.ONNX"], "onnx", "MODEL.ONNX", "", {}),

@@ -226,9 +226,7 @@ def _error_classes() -> list[type[ZooServingError]]:
         cls = todo.pop()
         out.append(cls)
         todo.extend(cls.__subclasses__())
-    return sorted(
-        (c for c in out if c.__module__ == errors.__name__), key=lambda c: c.__name__
-    )
+    return sorted((c for c in out if c.__module__ == errors.__name__), key=lambda c: c.__name__)
 
 
 @pytest.mark.parametrize("cls", _error_classes(), ids=lambda c: c.__name__)
