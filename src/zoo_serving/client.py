@@ -28,13 +28,40 @@ import numpy as np
 
 from . import keys, protocol
 from .config import Config, DataConfig, load_config
-from .errors import ResultTimeoutError, ZooServingError
+from .errors import QueueFullError, ResultTimeoutError, ZooServingError
 from .protocol import ResultValue, decode_result
 
 __all__ = ["InputQueue", "OutputQueue"]
 
 _DEFAULT_INPUT = "t"  # input name used when predict() gets a bare array or image
 _WINDOW = 128  # result keys looked at per round trip when waiting for many
+_CHUNK = 64  # records per round trip in enqueue_many
+
+# KEYS: stream, max_len key. ARGV: record count, then per record: field count, fields...
+# All records go in, or none when they would take the stream over the server's bound.
+_ENQUEUE_LUA = """
+local max = tonumber(redis.call('GET', KEYS[2]) or '0')
+local n = tonumber(ARGV[1])
+if max > 0 then
+  local len = redis.call('XLEN', KEYS[1])
+  if len + n > max then
+    return redis.error_reply('QUEUEFULL ' .. len .. ' ' .. max)
+  end
+end
+local i = 2
+for r = 1, n do
+  local nf = tonumber(ARGV[i])
+  redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + 2 * nf))
+  i = i + 1 + 2 * nf
+end
+return n
+"""
+
+
+def redis_errors() -> Any:
+    import redis
+
+    return redis.exceptions
 
 
 class _RedisUser:
@@ -174,7 +201,15 @@ class InputQueue(_RedisUser):
         url: a ``redis://`` or ``rediss://`` URL instead of host and port.
         config: a ``config.yaml`` path, mapping or Config: its ``data`` section is used.
         password: Redis password.
+        wait_if_full_s: when the stream is at the server's bound, wait up to this long for
+            room before raising :class:`QueueFullError` (default: raise at once).
     """
+
+    def __init__(self, *args: Any, wait_if_full_s: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.wait_if_full_s = wait_if_full_s
+        self._add = self.db.register_script(_ENQUEUE_LUA)
+        self._max_len_key = keys.max_len(self.stream)
 
     def enqueue(self, uri: str, deadline_s: float | None = None, **inputs: Any) -> str:
         """Send one record: ``enqueue("img-1", image="cat.jpg")`` or ``enqueue("x", t=array)``.
@@ -183,21 +218,62 @@ class InputQueue(_RedisUser):
             uri: the record's id; its result is fetched by it.
             deadline_s: seconds from now after which the server should not bother.
             **inputs: one keyword per model input: an ndarray (tensor), bytes or a path (image).
+
+        Raises:
+            QueueFullError: the stream holds as many unprocessed records as the server allows
+                (``data.max_queue_len``), still after waiting ``wait_if_full_s``.
         """
-        self.db.xadd(self.stream, self._fields(uri, inputs, deadline_s))
+        self._send([self._fields(uri, inputs, deadline_s)])
         return uri
 
     def enqueue_many(
         self, records: Iterable[tuple[str, Mapping[str, Any]]], deadline_s: float | None = None
     ) -> list[str]:
-        """Send ``(uri, {name: value})`` records in one round trip; returns the uris."""
-        pipe = self.db.pipeline(transaction=False)
-        uris = []
+        """Send ``(uri, {name: value})`` records, many per round trip; returns the uris.
+
+        Raises:
+            QueueFullError: as :meth:`enqueue`; its ``details["accepted"]`` lists the uris
+                that went in before the stream was full.
+        """
+        uris: list[str] = []
+        chunk: list[dict[bytes, bytes]] = []
         for uri, inputs in records:
-            pipe.xadd(self.stream, self._fields(uri, inputs, deadline_s))
-            uris.append(uri)
-        pipe.execute()
+            chunk.append(self._fields(uri, inputs, deadline_s))
+            if len(chunk) == _CHUNK:
+                self._send(chunk, uris)
+                uris.extend(c[protocol.F_URI].decode("utf-8", "replace") for c in chunk)
+                chunk = []
+        if chunk:
+            self._send(chunk, uris)
+            uris.extend(c[protocol.F_URI].decode("utf-8", "replace") for c in chunk)
         return uris
+
+    def _send(self, records: list[dict[bytes, bytes]], accepted: list[str] | None = None) -> None:
+        """Add records in one atomic step that first checks the server's bound."""
+        args: list[Any] = [len(records)]
+        for fields in records:
+            args.append(len(fields))
+            for key, value in fields.items():
+                args.extend((key, value))
+        deadline = time.monotonic() + self.wait_if_full_s
+        pause = 0.005
+        while True:
+            try:
+                self._add(keys=[self.stream, self._max_len_key], args=args)
+                return
+            except redis_errors().ResponseError as exc:
+                if not str(exc).startswith("QUEUEFULL"):
+                    raise
+                if time.monotonic() + pause > deadline:
+                    _, length, bound = str(exc).split()[:3]
+                    raise QueueFullError(
+                        f"stream {self.stream} holds {length} unprocessed records and the "
+                        f"server's bound (data.max_queue_len) is {bound}; retry later, pass "
+                        "wait_if_full_s to wait, or raise the bound",
+                        accepted=list(accepted or []),
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.2)
 
     def _fields(self, uri: str, inputs: Mapping[str, Any], deadline_s: float | None) -> Any:
         deadline_ms = None if deadline_s is None else int((time.time() + deadline_s) * 1000)

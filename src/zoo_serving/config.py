@@ -207,6 +207,12 @@ class DataConfig:
     tls_cert: str | None = _opt(None, _check_path, "client certificate file for rediss://")
     tls_key: str | None = _opt(None, _check_path, "client key file for rediss://")
     max_payload_bytes: int = _opt(64 * 1024 * 1024, _int_checker(1), "largest accepted payload")
+    max_image_pixels: int = _opt(
+        64 * 1024 * 1024, _int_checker(1), "largest image accepted, in pixels (width x height)"
+    )
+    max_queue_len: int = _opt(
+        0, _int_checker(0), "bound on unprocessed records; clients get QueueFullError; 0: none"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -220,6 +226,9 @@ class ParamsConfig:
     runner: str = _opt("threads", _choice_checker(RUNNERS), "where workers run")
     workers: int = _opt(1, _int_checker(1), "worker count (processes, Ray actors)")
     threads: int = _opt(0, _int_checker(0), "framework threads per worker; 0: all cores")
+    max_deliveries: int = _opt(
+        3, _int_checker(1), "deliveries before a record goes to the dead-letter stream"
+    )
     claim_idle_ms: int = _opt(
         30000, _int_checker(100), "a record pending this long on a silent worker is taken over"
     )

@@ -39,3 +39,9 @@ def control(stream: str) -> str:
 def dead_letter(stream: str) -> str:
     """Stream of records given up on after too many deliveries."""
     return f"{PREFIX}:{{{stream}}}:dead"
+
+
+def max_len(stream: str) -> str:
+    """String: the bound on unprocessed records the server set (data.max_queue_len); clients
+    check it atomically when they add records."""
+    return f"{PREFIX}:{{{stream}}}:max_len"

@@ -6,7 +6,9 @@ Every failure is an :class:`InputError` subclass whose message names the input, 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +23,16 @@ from .errors import (
 from .protocol import RawInput, Request
 
 MAX_DIMS = 32
+# OpenCV refuses to decode images over this many pixels (its own default allows 2**30, a 3 GB
+# decode from a few KB of PNG); read by OpenCV when it is first imported.
+CV_MAX_IMAGE_PIXELS = 2**26
+
+
+def _cv2() -> Any:
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(CV_MAX_IMAGE_PIXELS))
+    import cv2
+
+    return cv2
 
 
 def _shape_text(shape: Sequence[int | None]) -> str:
@@ -43,11 +55,13 @@ class Preprocessor:
         image_shape: Sequence[int] = (3, 224, 224),
         image_layout: str = "CHW",
         max_payload_bytes: int = 64 * 1024 * 1024,
+        max_image_pixels: int = CV_MAX_IMAGE_PIXELS,
     ) -> None:
         self.inputs = list(inputs)
         self.image_shape = tuple(image_shape)
         self.image_layout = image_layout
         self.max_payload_bytes = max_payload_bytes
+        self.max_image_pixels = max_image_pixels
         self._by_name = {s.name: s for s in self.inputs}
 
     def __call__(self, request: Request) -> dict[str, np.ndarray]:
@@ -93,7 +107,7 @@ class Preprocessor:
         return int(c), int(h), int(w)
 
     def decode_image(self, raw: RawInput, spec: TensorSpec) -> np.ndarray:
-        import cv2
+        cv2 = _cv2()
 
         if len(spec.record_shape) != 3:
             raise ShapeError(
@@ -111,7 +125,13 @@ class Preprocessor:
         if img is None:
             raise DecodeError(
                 f"input {raw.name!r}: {len(raw.data)} bytes starting {bytes(raw.data[:8])!r} do "
-                "not decode as an image (truncated or corrupt?); send JPEG, PNG, BMP or TIFF bytes"
+                "not decode as an image (truncated, corrupt, or over "
+                f"{CV_MAX_IMAGE_PIXELS} pixels?); send JPEG, PNG, BMP or TIFF bytes"
+            )
+        if img.shape[0] * img.shape[1] > self.max_image_pixels:
+            raise PayloadTooLargeError(
+                f"input {raw.name!r}: image of {img.shape[1]}x{img.shape[0]} pixels is over the "
+                f"limit of {self.max_image_pixels} (data.max_image_pixels)"
             )
         if img.shape[0] != h or img.shape[1] != w:
             img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)

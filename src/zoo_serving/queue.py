@@ -34,22 +34,29 @@ DEFAULT_SRC = "localhost:6379"
 
 @dataclass
 class Entry:
-    """One stream entry as read: its id and its raw fields."""
+    """One stream entry as read: its id, its raw fields, and how often it was delivered
+    (known for entries taken over from another consumer, else 1)."""
 
     id: bytes
     fields: dict[bytes, bytes]
+    deliveries: int = 1
 
 
 class Queue(ABC):
     """What the worker needs from a broker."""
 
     @abstractmethod
-    def setup(self) -> None:
-        """Create the stream and consumer group if they do not exist."""
+    def setup(self, max_queue_len: int | None = None) -> None:
+        """Create the stream and consumer group if they do not exist; publish the bound on
+        unprocessed records when given (0: none)."""
 
     @abstractmethod
     def read(self, count: int, block_ms: int) -> list[Entry]:
         """Up to ``count`` entries for this consumer, waiting at most ``block_ms`` for one."""
+
+    @abstractmethod
+    def dead_letter(self, entry: Entry, reason: str) -> None:
+        """Keep a copy of an entry given up on, with the reason, where an operator can see it."""
 
     @abstractmethod
     def complete(self, done: Sequence[tuple[Entry, bytes, bytes]]) -> int:
@@ -192,9 +199,16 @@ class RedisStreamQueue(Queue):
         self._complete = client.register_script(_COMPLETE_LUA)
         self._finished_key = keys.finished(stream)
 
-    def setup(self) -> None:
+    def setup(self, max_queue_len: int | None = None) -> None:
+        """Create the group at the stream's start (so earlier records are served) and publish
+        the bound on unprocessed records (0: none) for clients to enforce."""
         import redis
 
+        if max_queue_len is not None:
+            if max_queue_len > 0:
+                self.client.set(keys.max_len(self.stream), max_queue_len)
+            else:
+                self.client.delete(keys.max_len(self.stream))
         try:
             self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except redis.exceptions.ResponseError as exc:
@@ -239,6 +253,12 @@ class RedisStreamQueue(Queue):
         self._claim_cursor = reply[0]
         entries = [Entry(eid, fields) for eid, fields in reply[1] if fields]
         if entries:
+            pipe = self.client.pipeline(transaction=False)
+            for entry in entries:
+                pipe.xpending_range(self.stream, self.group, entry.id, entry.id, 1)
+            for entry, info in zip(entries, pipe.execute()):
+                if info:
+                    entry.deliveries = int(info[0]["times_delivered"])
             log.warning(
                 "consumer %s took over %d entries idle > %d ms on another consumer",
                 self.consumer,
@@ -246,6 +266,17 @@ class RedisStreamQueue(Queue):
                 self.claim_idle_ms,
             )
         return entries
+
+    def dead_letter(self, entry: Entry, reason: str) -> None:
+        fields = dict(entry.fields)
+        fields.update(
+            {
+                b"zs_reason": reason.encode(),
+                b"zs_id": entry.id,
+                b"zs_deliveries": str(entry.deliveries).encode(),
+            }
+        )
+        self.client.xadd(keys.dead_letter(self.stream), fields)
 
     def complete(self, done: Sequence[tuple[Entry, bytes, bytes]]) -> int:
         if not done:

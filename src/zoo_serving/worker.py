@@ -31,7 +31,7 @@ import numpy as np
 from . import keys, protocol
 from .backends import Model, ModelOptions, load_model
 from .config import Config, load_config
-from .errors import DeadlineExceededError, InferenceError, ZooServingError
+from .errors import DeadlineExceededError, InferenceError, ServerError, ZooServingError
 from .postprocess import postprocess
 from .preprocess import Preprocessor
 from .queue import Entry, Queue, RedisStreamQueue, connect, consumer_name
@@ -130,7 +130,7 @@ class Worker:
                 result_ttl_s=cfg.data.result_ttl_s,
                 claim_idle_ms=cfg.params.claim_idle_ms,
             )
-        self.queue.setup()
+        self.queue.setup(cfg.data.max_queue_len)
         if self.model is None:
             self.model = load_model(cfg.model.path or "", cfg.model.backend, model_options(cfg))
         self.model.warmup(cfg.params.batch_size)
@@ -139,6 +139,7 @@ class Worker:
             image_shape=cfg.data.shape,
             image_layout=self.model.image_layout,
             max_payload_bytes=cfg.data.max_payload_bytes,
+            max_image_pixels=cfg.data.max_image_pixels,
         )
         self.ready = True
         log.info("worker %s ready: %s model %s", self.name, self.model.backend, self.model.path)
@@ -217,7 +218,7 @@ class Worker:
                         backoff,
                     )
                     stop.wait(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    backoff = min(backoff * 2, 1.0)
                     if "NOGROUP" in str(exc):  # a Redis that came back empty
                         self._try(self.queue.setup)
                     continue
@@ -238,6 +239,10 @@ class Worker:
         assert self._preprocess is not None
         uri = entry.fields.get(protocol.F_URI) or entry.id
         item = Item(entry, uri)
+        limit = self.config.params.max_deliveries
+        if entry.deliveries > limit:
+            self._give_up(item, limit)
+            return item
         try:
             request = protocol.decode_request(entry.fields)
             item.deadline_ms = request.deadline_ms
@@ -249,6 +254,25 @@ class Worker:
             log.exception("unexpected error decoding %r", uri)
             self._fail(item, exc)
         return item
+
+    def _give_up(self, item: Item, limit: int) -> None:
+        """A record delivered too often (it may kill workers): dead-letter it, answer an error."""
+        assert self.queue is not None
+        dead = keys.dead_letter(self.config.data.stream)
+        exc = ServerError(
+            f"record delivered {item.entry.deliveries} times, more than params.max_deliveries="
+            f"{limit} (its workers died or stalled); moved to the dead-letter stream {dead}"
+        )
+        backoff = 0.1
+        while True:  # the copy must exist before the record is acknowledged
+            try:
+                self.queue.dead_letter(item.entry, str(exc))
+                break
+            except Exception as err:
+                log.warning("dead-lettering failed: %s; retrying in %.1fs", err, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+        self._fail(item, exc)
 
     @staticmethod
     def _check_deadline(item: Item) -> None:
@@ -382,7 +406,7 @@ class Worker:
                     "writing %d results failed: %s; retrying in %.1fs", len(done), exc, backoff
                 )
                 time.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, 1.0)
 
     def _fail(self, item: Item, exc: BaseException) -> None:
         item.result = protocol.encode_exception(exc)
