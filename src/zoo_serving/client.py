@@ -38,15 +38,14 @@ _WINDOW = 128  # result keys looked at per round trip when waiting for many
 _CHUNK = 64  # records per round trip in enqueue_many
 
 # KEYS: stream, max_len key. ARGV: record count, then per record: field count, fields...
-# All records go in, or none when they would take the stream over the server's bound.
+# Adds records in order while the stream is under the server's bound (checked and added in one
+# atomic step); returns {added, stream length, bound}.
 _ENQUEUE_LUA = """
 local max = tonumber(redis.call('GET', KEYS[2]) or '0')
 local n = tonumber(ARGV[1])
-if max > 0 then
-  local len = redis.call('XLEN', KEYS[1])
-  if len + n > max then
-    return redis.error_reply('QUEUEFULL ' .. len .. ' ' .. max)
-  end
+local len = redis.call('XLEN', KEYS[1])
+if max > 0 and len + n > max then
+  n = math.max(0, max - len)
 end
 local i = 2
 for r = 1, n do
@@ -54,14 +53,12 @@ for r = 1, n do
   redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + 2 * nf))
   i = i + 1 + 2 * nf
 end
-return n
+return {n, len + n, max}
 """
 
 
-def redis_errors() -> Any:
-    import redis
-
-    return redis.exceptions
+def _uri(fields: Mapping[bytes, bytes]) -> str:
+    return fields[protocol.F_URI].decode("utf-8", "replace")
 
 
 class _RedisUser:
@@ -85,6 +82,10 @@ class _RedisUser:
             url = f"redis://{host or 'localhost'}:{port or 6379}"
         self.stream = name or data.stream
         self.result_ttl_s = data.result_ttl_s
+        # blocking waits are bounded by their own timeouts; a socket timeout under them
+        # would cut a long BLPOP short
+        redis_options.setdefault("socket_timeout", None)
+        redis_options.setdefault("socket_connect_timeout", 5.0)
         self.db = connect(data, url=url, **redis_options)
 
     def close(self) -> None:
@@ -223,7 +224,7 @@ class InputQueue(_RedisUser):
             QueueFullError: the stream holds as many unprocessed records as the server allows
                 (``data.max_queue_len``), still after waiting ``wait_if_full_s``.
         """
-        self._send([self._fields(uri, inputs, deadline_s)])
+        self._send([self._fields(uri, inputs, deadline_s)], [])
         return uri
 
     def enqueue_many(
@@ -241,39 +242,36 @@ class InputQueue(_RedisUser):
             chunk.append(self._fields(uri, inputs, deadline_s))
             if len(chunk) == _CHUNK:
                 self._send(chunk, uris)
-                uris.extend(c[protocol.F_URI].decode("utf-8", "replace") for c in chunk)
                 chunk = []
         if chunk:
             self._send(chunk, uris)
-            uris.extend(c[protocol.F_URI].decode("utf-8", "replace") for c in chunk)
         return uris
 
-    def _send(self, records: list[dict[bytes, bytes]], accepted: list[str] | None = None) -> None:
-        """Add records in one atomic step that first checks the server's bound."""
-        args: list[Any] = [len(records)]
-        for fields in records:
-            args.append(len(fields))
-            for key, value in fields.items():
-                args.extend((key, value))
+    def _send(self, records: list[dict[bytes, bytes]], accepted: list[str]) -> None:
+        """Add records, in order, as far as the server's bound lets them; wait for room up to
+        ``wait_if_full_s``, then raise QueueFullError naming what went in."""
         deadline = time.monotonic() + self.wait_if_full_s
         pause = 0.005
-        while True:
-            try:
-                self._add(keys=[self.stream, self._max_len_key], args=args)
+        while records:
+            args: list[Any] = [len(records)]
+            for fields in records:
+                args.append(len(fields))
+                for key, value in fields.items():
+                    args.extend((key, value))
+            added, length, bound = self._add(keys=[self.stream, self._max_len_key], args=args)
+            accepted.extend(_uri(r) for r in records[:added])
+            records = records[added:]
+            if not records:
                 return
-            except redis_errors().ResponseError as exc:
-                if not str(exc).startswith("QUEUEFULL"):
-                    raise
-                if time.monotonic() + pause > deadline:
-                    _, length, bound = str(exc).split()[:3]
-                    raise QueueFullError(
-                        f"stream {self.stream} holds {length} unprocessed records and the "
-                        f"server's bound (data.max_queue_len) is {bound}; retry later, pass "
-                        "wait_if_full_s to wait, or raise the bound",
-                        accepted=list(accepted or []),
-                    ) from None
-                time.sleep(pause)
-                pause = min(pause * 2, 0.2)
+            if time.monotonic() + pause > deadline:
+                raise QueueFullError(
+                    f"stream {self.stream} holds {length} unprocessed records and the server's "
+                    f"bound (data.max_queue_len) is {bound}; retry later, pass wait_if_full_s "
+                    "to wait, or raise the bound",
+                    accepted=list(accepted),
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
 
     def _fields(self, uri: str, inputs: Mapping[str, Any], deadline_s: float | None) -> Any:
         deadline_ms = None if deadline_s is None else int((time.time() + deadline_s) * 1000)

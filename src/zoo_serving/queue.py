@@ -108,18 +108,44 @@ def connect(
         try:
             client.ping()
         except redis.exceptions.AuthenticationError as exc:
+            client.close()
             raise BrokerConnectionError(
                 f"Redis at {_safe(target)} refused the login: {exc}; check data.password / "
                 "data.username or the URL's credentials",
                 url=_safe(target),
             ) from None
         except redis.exceptions.RedisError as exc:
+            client.close()
             raise BrokerConnectionError(
-                f"Redis at {_safe(target)} does not answer: {exc}; start redis-server or set "
-                "data.src",
+                f"Redis at {_safe(target)} does not answer: {exc}; {_hint(target, exc)}",
                 url=_safe(target),
             ) from None
     return client
+
+
+def _hint(target: str, exc: BaseException) -> str:
+    """What to check when Redis does not answer, from the URL's scheme and the socket error."""
+    import ssl
+
+    cause = exc.__context__
+    if target.startswith("rediss://"):
+        if isinstance(cause, ssl.SSLError) or "SSL" in str(exc) or "EOF occurred" in str(exc):
+            return (
+                "the TLS handshake failed: check data.tls_ca (the CA of the server's "
+                "certificate) and, when the server requires client certificates, "
+                "data.tls_cert and data.tls_key"
+            )
+        return "if that port speaks plain TCP, use a redis:// URL; else start redis-server"
+    if (
+        isinstance(cause, (ConnectionResetError, BrokenPipeError))
+        or "reset by peer" in str(exc)
+        or "closed by server" in str(exc)
+    ):
+        return (
+            "the server dropped the connection: if that port speaks TLS only, use a rediss:// "
+            "URL with data.tls_ca"
+        )
+    return "start redis-server or set data.src"
 
 
 def _safe(url: str) -> str:
@@ -232,9 +258,15 @@ class RedisStreamQueue(Queue):
         return self._xread(">", count, block_ms)
 
     def _xread(self, start: str, count: int, block_ms: int | None) -> list[Entry]:
-        reply = self.client.xreadgroup(
-            self.group, self.consumer, {self.stream: start}, count=count, block=block_ms
-        )
+        try:
+            reply = self.client.xreadgroup(
+                self.group, self.consumer, {self.stream: start}, count=count, block=block_ms
+            )
+        except Exception:
+            # Redis may have delivered entries whose reply was lost with the connection: they
+            # wait in this consumer's pending list, so read that list again first
+            self._own_pending_done = False
+            raise
         out: list[Entry] = []
         for _stream, items in reply or []:
             # an entry deleted after delivery comes back as (id, None): nothing left to serve

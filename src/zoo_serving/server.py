@@ -56,6 +56,8 @@ class Server:
             ServerError: the workers did not get ready (the cause is chained).
             BrokerConnectionError: ``data.src`` is set and does not answer.
         """
+        if self.runner is not None:  # already started, e.g. `with Server(cfg).start():`
+            return self
         self._stopped.clear()
         self.config.work_dir.mkdir(parents=True, exist_ok=True)
         self._setup_error_log()

@@ -121,7 +121,8 @@ class Worker:
         """Connect, create the consumer group, load and warm up the model."""
         cfg = self.config
         if self.queue is None:
-            self._redis = connect(cfg.data)
+            # the worker blocks 100 ms at most: a socket silent for 10 s is a dead one
+            self._redis = connect(cfg.data, socket_timeout=10.0, socket_connect_timeout=5.0)
             self.queue = RedisStreamQueue(
                 self._redis,
                 cfg.data.stream,

@@ -1,0 +1,151 @@
+"""Faults inside one server process: a poisoned batch, Redis restarting, a full queue, records
+delivered too often."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis as redis_lib
+from test_serving import assert_top_n, onnx_direct
+
+from zoo_serving import InputQueue, OutputQueue, QueueFullError, Server, keys
+from zoo_serving.errors import InferenceError, ServerError
+from zoo_serving.redis_server import ManagedRedis, free_port
+
+
+def build_lookup_model(path: Path, rows: int = 10, classes: int = 5) -> np.ndarray:
+    """An ONNX model that looks up row ``idx`` of a table: an index out of range makes
+    ONNX Runtime fail on the whole batch, though every record is well-formed."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = np.random.default_rng(0).random((rows, classes)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "idx"], ["rows"], axis=0),
+            helper.make_node("Squeeze", ["rows", "axes"], ["scores"]),
+        ],
+        "lookup",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["N", 1])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", classes])],
+        [
+            numpy_helper.from_array(table, "table"),
+            numpy_helper.from_array(np.array([1], np.int64), "axes"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return table
+
+
+def test_poisoned_record_fails_alone_and_batch_mates_match_framework(
+    tmp_path, serve, client, output
+) -> None:
+    table = build_lookup_model(tmp_path / "lookup" / "lookup.onnx")
+    indices = [3, 7, 99, 1, 5, 0, 8, 2]  # 99 is out of range: the framework rejects the batch
+    client.enqueue_many((f"p{i}", {"idx": np.array([v], np.int64)}) for i, v in enumerate(indices))
+    server = serve(tmp_path / "lookup", **{"params.batch_size": 8, "params.max_wait_ms": 200})
+    results = output.query_many([f"p{i}" for i in range(len(indices))], timeout=30)
+    assert isinstance(results.pop("p2"), InferenceError)
+    assert server.runner.stats[0].batches >= 1
+    for i, v in enumerate(indices):
+        if v != 99:
+            assert_top_n(results[f"p{i}"], table[v], 3)
+
+
+def test_redis_restart_mid_load_loses_nothing(onnx_model_dir, tmp_path) -> None:
+    port = free_port()
+    persist = ("--appendonly", "yes", "--appendfsync", "always")
+    work = tmp_path / "redis"
+    n = 3000
+    xs = np.random.default_rng(8).normal(0, 50, (30, 3, 32, 32)).astype(np.float32)
+    redis_server = ManagedRedis(work, port, *persist).start()
+    url = redis_server.url
+    config = {
+        "model": {"path": str(onnx_model_dir)},
+        "data": {"src": url, "stream": "restart", "shape": "3,32,32"},
+        "params": {"batch_size": 8, "top_n": 3},
+        "log": {"dir": str(tmp_path / "work")},
+    }
+    server = Server(config).start()
+    try:
+        with InputQueue(url=url, name="restart") as client:
+            client.enqueue_many((f"r{i}", {"t": xs[i % 30]}) for i in range(n))
+        probe = redis_lib.Redis.from_url(url)
+        deadline = time.monotonic() + 30
+        while probe.llen(keys.finished("restart")) < 300:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        probe.close()
+        redis_server.stop()  # SIGTERM: the append-only file is complete
+        time.sleep(1.0)  # workers see a dead Redis for a while
+        redis_server = ManagedRedis(work, port, *persist).start()
+        back = time.monotonic()
+        probe = redis_lib.Redis.from_url(url)
+        answered_before = probe.llen(keys.finished("restart"))  # restored from the AOF
+        assert 300 <= answered_before < n
+        while probe.llen(keys.finished("restart")) == answered_before:
+            assert time.monotonic() - back < 5.0, "no new result within 5 s of Redis returning"
+            time.sleep(0.01)
+        probe.close()
+        with OutputQueue(url=url, name="restart") as output:
+            results = output.query_many([f"r{i}" for i in range(n)], timeout=60)
+        assert len(results) == n
+        direct = onnx_direct(onnx_model_dir, xs)
+        for i in range(n):
+            assert_top_n(results[f"r{i}"], direct[i % 30], 3)
+    finally:
+        server.stop()
+        redis_server.stop()
+
+
+def test_full_queue_raises_and_never_trims(onnx_model_dir, serve, client, redis_client, stream):
+    server = serve(onnx_model_dir, **{"data.max_queue_len": 5})
+    server.stop()  # the bound stays published; nothing consumes now
+    x = np.zeros((3, 32, 32), np.float32)
+    client.enqueue_many((f"q{i}", {"t": x}) for i in range(3))
+    with pytest.raises(QueueFullError) as info:
+        client.enqueue_many((f"q{i}", {"t": x}) for i in range(3, 7))
+    assert info.value.details["accepted"] == ["q3", "q4"]  # in order, as far as there was room
+    with pytest.raises(QueueFullError, match="holds 5 unprocessed records.*bound.*is 5"):
+        client.enqueue("q5", t=x)
+    assert redis_client.xlen(stream) == 5  # nothing trimmed
+    uris = [f[b"uri"] for _, f in redis_client.xrange(stream)]
+    assert uris == [b"q0", b"q1", b"q2", b"q3", b"q4"]
+
+
+def test_waiting_client_gets_in_once_the_server_drains(
+    onnx_model_dir, serve, redis_url, stream, output
+) -> None:
+    server = serve(onnx_model_dir, **{"data.max_queue_len": 3})
+    server.stop()
+    x = np.zeros((3, 32, 32), np.float32)
+    with InputQueue(url=redis_url, name=stream, wait_if_full_s=30) as client:
+        client.enqueue_many((f"w{i}", {"t": x}) for i in range(3))
+        serve(onnx_model_dir, **{"data.max_queue_len": 3})  # starts draining
+        client.enqueue_many((f"w{i}", {"t": x}) for i in range(3, 10))
+    assert len(output.query_many([f"w{i}" for i in range(10)], timeout=30)) == 10
+
+
+def test_record_delivered_too_often_goes_to_dead_letter(
+    onnx_model_dir, serve, client, output, redis_client, stream
+) -> None:
+    client.enqueue("poison", t=np.zeros((3, 32, 32), np.float32))
+    redis_client.xgroup_create(stream, "serving", id="0")
+    entry_id = redis_client.xreadgroup("serving", "ghost", {stream: ">"}, count=1)[0][1][0][0]
+    for _ in range(3):  # a worker that took it and died, three times over
+        redis_client.xclaim(stream, "serving", "ghost", 0, [entry_id])
+    serve(onnx_model_dir, **{"params.claim_idle_ms": 100, "params.max_deliveries": 3})
+    with pytest.raises(ServerError, match="delivered 5 times.*max_deliveries=3"):
+        output.query("poison", timeout=30)
+    dead = redis_client.xrange(keys.dead_letter(stream))
+    assert len(dead) == 1
+    fields = dead[0][1]
+    assert fields[b"uri"] == b"poison" and fields[b"zs_id"] == entry_id
+    assert b"max_deliveries" in fields[b"zs_reason"]
+    assert redis_client.xpending(stream, "serving")["pending"] == 0
