@@ -6,9 +6,9 @@ import time
 
 import numpy as np
 import pytest
-from test_serving import assert_top_n, decoded_image, onnx_direct
 
 from conftest import jpeg
+from helpers import assert_top_n, decoded_image, onnx_direct
 from zoo_serving import keys
 from zoo_serving.errors import (
     DecodeError,

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis as redis_lib
-from test_serving import assert_top_n, onnx_direct
 
+from helpers import assert_top_n, onnx_direct
 from zoo_serving import InputQueue, OutputQueue, QueueFullError, Server, keys
 from zoo_serving.errors import InferenceError, ServerError
 from zoo_serving.redis_server import ManagedRedis, free_port

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_serving import assert_top_n, onnx_direct
 
+from helpers import assert_top_n, onnx_direct
 from zoo_serving import BrokerConnectionError, InputQueue, OutputQueue, Server, keys
 from zoo_serving.redis_server import find_redis_server, free_port, port_answers
 

@@ -6,8 +6,8 @@ import threading
 
 import numpy as np
 import pytest
-from test_serving import assert_top_n, onnx_direct
 
+from helpers import assert_top_n, onnx_direct
 from zoo_serving import InputQueue, Server, serve
 from zoo_serving.config import load_config
 from zoo_serving.errors import BrokerConnectionError, ModelNotFoundError
