@@ -7,6 +7,8 @@ Every failure is an :class:`InputError` subclass whose message names the input, 
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +28,49 @@ MAX_DIMS = 32
 # OpenCV refuses to decode images over this many pixels (its own default allows 2**30, a 3 GB
 # decode from a few KB of PNG); read by OpenCV when it is first imported.
 CV_MAX_IMAGE_PIXELS = 2**26
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header of a PNG, GIF, BMP or JPEG, without decoding it; None
+    for other formats or a header that does not parse. Lets a decompression bomb be refused
+    before OpenCV allocates for it, whatever OpenCV's own limit is."""
+    head = bytes(data[:33])
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) == 33 and head[12:16] == b"IHDR":
+        if zlib.crc32(head[12:29]) != struct.unpack(">I", head[29:33])[0]:
+            return None  # not a header to believe
+        return struct.unpack(">II", head[16:24])
+    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
+        return struct.unpack("<HH", head[6:10])
+    if head.startswith(b"BM") and len(head) >= 28:
+        info_size, width, height, planes = struct.unpack("<IiiH", head[14:28])
+        if info_size not in (40, 52, 56, 108, 124) or planes != 1:
+            return None
+        return abs(width), abs(height)
+    if head.startswith(b"\xff\xd8"):
+        return _jpeg_size(data)
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """Walk JPEG segments to the first start-of-frame marker, which holds the size."""
+    view = memoryview(data)
+    i = 2
+    while i + 9 <= len(view):
+        if view[i] != 0xFF:
+            return None
+        marker = view[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+            i += 2
+            continue
+        length = int.from_bytes(view[i + 2 : i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and i + 10 <= len(view):
+            height, width = struct.unpack(">HH", view[i + 5 : i + 9])
+            components = view[i + 9]
+            if components not in (1, 3, 4) or length != 8 + 3 * components:
+                return None  # not a frame header to believe
+            return width, height
+        i += 2 + length
+    return None
 
 
 def _cv2() -> Any:
@@ -119,9 +164,18 @@ class Preprocessor:
             raise ShapeError(
                 f"input {raw.name!r}: images have 1 or 3 channels, the model wants {c}"
             )
+        claimed = image_size(raw.data)
+        if claimed is not None and claimed[0] * claimed[1] > self.max_image_pixels:
+            raise PayloadTooLargeError(
+                f"input {raw.name!r}: image of {claimed[0]}x{claimed[1]} pixels is over the "
+                f"limit of {self.max_image_pixels} (data.max_image_pixels)"
+            )
         buf = np.frombuffer(raw.data, dtype=np.uint8)
         flag = cv2.IMREAD_GRAYSCALE if c == 1 else cv2.IMREAD_COLOR
-        img = cv2.imdecode(buf, flag) if buf.size else None
+        try:
+            img = cv2.imdecode(buf, flag) if buf.size else None
+        except cv2.error:  # OpenCV 5 raises, rather than returns None, past its pixel limit
+            img = None
         if img is None:
             raise DecodeError(
                 f"input {raw.name!r}: {len(raw.data)} bytes starting {bytes(raw.data[:8])!r} do "
@@ -168,7 +222,13 @@ class Preprocessor:
                 f"input {raw.name!r}: {len(raw.data)} bytes do not hold a {dtype} tensor of shape "
                 f"{_shape_text(shape)}, which takes {count * dtype.itemsize} bytes"
             )
-        arr = np.frombuffer(raw.data, dtype=dtype).reshape(shape)
+        try:
+            arr = np.frombuffer(raw.data, dtype=dtype).reshape(shape)
+        except ValueError as exc:  # zero-size, but with dims numpy cannot index
+            raise ShapeError(
+                f"input {raw.name!r}: shape {_shape_text(shape)} is not a valid array shape "
+                f"({exc}); the model takes {_shape_text(spec.record_shape)} per record"
+            ) from None
         arr = self._fit_shape(raw.name, arr, spec)
         if dtype != spec.dtype:
             if not np.can_cast(dtype, spec.dtype, casting="safe"):

@@ -119,14 +119,23 @@ def decode_request(fields: Mapping[bytes, bytes]) -> Request:
     uri = fields.get(F_URI)
     if uri is None:
         raise MissingInputError("record has no 'uri' field; every record needs one")
+    version = fields.get(F_VERSION, VERSION)
+    if version != VERSION:
+        raise DecodeError(
+            f"protocol version {version[:16]!r} is not supported; this server speaks "
+            f"zs={VERSION.decode()} (see docs/protocol.md)"
+        )
     req = Request(uri=uri)
     deadline = fields.get(F_DEADLINE)
     if deadline is not None:
         try:
             req.deadline_ms = int(deadline)
+            if not 0 <= req.deadline_ms < 2**63:
+                raise ValueError(deadline)
         except ValueError:
             raise DecodeError(
-                f"deadline_ms must be an integer of Unix milliseconds, got {deadline[:32]!r}"
+                "deadline_ms must be an integer of Unix milliseconds (0 to 2**63-1), "
+                f"got {deadline[:32]!r}"
             ) from None
     for key, value in fields.items():
         if key.startswith(P_TENSOR):

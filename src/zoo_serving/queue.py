@@ -30,6 +30,7 @@ from .errors import BrokerConnectionError
 log = logging.getLogger(__name__)
 
 DEFAULT_SRC = "localhost:6379"
+RECONNECT_TRIES = 10
 
 
 @dataclass
@@ -87,10 +88,16 @@ def connect(
         BrokerConnectionError: with ``check``, when Redis does not answer or refuses the login.
     """
     import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
 
     data = data or DataConfig()
     target = url or redis_url(data)
-    options: dict[str, Any] = {"socket_keepalive": True, "health_check_interval": 30}
+    options: dict[str, Any] = {
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 0),  # the first check fails fast
+    }
     if data.password and not urlsplit(target).password:
         options["password"] = data.password
     if data.username and not urlsplit(target).username:
@@ -120,6 +127,8 @@ def connect(
                 f"Redis at {_safe(target)} does not answer: {exc}; {_hint(target, exc)}",
                 url=_safe(target),
             ) from None
+    # from now on a Redis restarting is retried for about 6 s with backoff before raising
+    client.set_retry(Retry(ExponentialBackoff(cap=1.0, base=0.05), RECONNECT_TRIES))
     return client
 
 

@@ -238,7 +238,9 @@ class Worker:
 
     def _decode(self, entry: Entry) -> Item:
         assert self._preprocess is not None
-        uri = entry.fields.get(protocol.F_URI) or entry.id
+        uri = entry.fields.get(protocol.F_URI)
+        if uri is None:  # the error result goes where an operator can find it: under the id
+            uri = entry.id
         item = Item(entry, uri)
         limit = self.config.params.max_deliveries
         if entry.deliveries > limit:

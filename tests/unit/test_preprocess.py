@@ -15,7 +15,7 @@ from zoo_serving.errors import (
     PayloadTooLargeError,
     ShapeError,
 )
-from zoo_serving.preprocess import MAX_DIMS, Preprocessor
+from zoo_serving.preprocess import MAX_DIMS, Preprocessor, image_size
 from zoo_serving.protocol import RawInput, Request
 
 F32 = np.dtype(np.float32)
@@ -310,3 +310,27 @@ def test_wrong_input_count(count: int) -> None:
 def test_every_failure_is_an_input_error() -> None:
     for cls in (DecodeError, DtypeError, ShapeError, MissingInputError, PayloadTooLargeError):
         assert issubclass(cls, InputError)
+
+
+# ---------------------------------------------------------------- header sizes (bomb guard)
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".bmp"])
+def test_image_size_reads_the_header_without_decoding(ext: str) -> None:
+    ok, buf = cv2.imencode(ext, np.zeros((37, 53, 3), np.uint8))
+    assert ok
+    assert image_size(buf.tobytes()) == (53, 37)
+
+
+def test_image_size_does_not_believe_a_header_that_does_not_check_out() -> None:
+    fake_png = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"\xff" * 8 + b"\x08\x02\x00\x00\x00"
+    assert image_size(fake_png + b"\x00\x00\x00\x00") is None  # wrong CRC
+    assert image_size(b"not an image at all") is None
+
+
+def test_image_header_over_the_pixel_limit_is_refused_before_decoding() -> None:
+    ok, buf = cv2.imencode(".png", np.zeros((40, 40, 3), np.uint8))
+    spec = TensorSpec("x", np.dtype(np.float32), (None, 3, 32, 32))
+    pre = Preprocessor([spec], (3, 32, 32), max_image_pixels=1000)
+    with pytest.raises(PayloadTooLargeError, match="40x40 pixels is over the limit of 1000"):
+        pre.decode(RawInput("x", "image", buf.tobytes()), spec)

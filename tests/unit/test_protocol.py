@@ -288,3 +288,9 @@ def test_tensor_round_trip_property(arr: np.ndarray, name: str) -> None:
     got = decode_result(encode_tensors({name: arr}))
     assert isinstance(got, np.ndarray)
     _assert_bit_exact(got, arr)
+
+
+def test_unknown_protocol_version_is_a_decode_error() -> None:
+    fields = {b"uri": b"u", b"zs": b"2", b"image:t": b"\xff\xd8"}
+    with pytest.raises(DecodeError, match="protocol version b'2' is not supported"):
+        decode_request(fields)
