@@ -105,6 +105,14 @@ def _choice_checker(choices: tuple[str, ...]) -> Callable[[str, Any], str]:
     return check
 
 
+def _check_backend(key: str, value: Any) -> str:
+    """A backend name, or ``package.module:Class`` for a third-party Model."""
+    text = str(value).strip()
+    if ":" in text and all(part.strip() for part in text.split(":", 1)):
+        return text
+    return _choice_checker(BACKENDS)(key, value)
+
+
 def _check_str(key: str, value: Any) -> str:
     if not isinstance(value, (str, int, float)) or isinstance(value, bool):
         raise ConfigError(f"{key}: expected a string, got {value!r}", key=key, value=value)
@@ -184,8 +192,9 @@ class ModelConfig:
 
     path: str | None = _opt(None, _check_path, "model directory (or file); required")
     backend: str | None = _opt(
-        None, _choice_checker(BACKENDS), "framework; detected from the directory when empty"
+        None, _check_backend, "framework; detected from the directory when empty"
     )
+    signature: str = _opt("serving_default", _check_str, "TensorFlow SavedModel signature to serve")
 
 
 @dataclass(frozen=True, kw_only=True)

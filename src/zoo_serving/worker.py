@@ -71,6 +71,7 @@ def model_options(config: Config) -> ModelOptions:
         engine_type=config.params.engine_type,
         batch_size=config.params.batch_size,
         input_shape=config.data.shape,
+        signature=config.model.signature,
     )
 
 

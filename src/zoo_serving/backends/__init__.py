@@ -10,7 +10,7 @@ import importlib
 import os
 from typing import Any
 
-from ..errors import ConfigError, MissingDependencyError, UnsupportedModelError
+from ..errors import ConfigError, MissingDependencyError, ModelError, UnsupportedModelError
 from .base import Model, ModelOptions, TensorSpec
 from .detect import ModelLayout, detect_model
 
@@ -80,6 +80,9 @@ def load_model(
 ) -> Model:
     """Detect (unless ``backend`` is given), construct and load the model at ``path``.
 
+    The Model gets the path of the model's main file (the ``.onnx``, ``.prototxt``, ``.xml``,
+    ``saved_model.pb``, ...); its other files sit beside it.
+
     Example::
 
         model = load_model("models/resnet18", threads=2)
@@ -87,7 +90,12 @@ def load_model(
     """
     if options is None:
         options = ModelOptions(**option_values)
-    layout = detect_model(path)
-    cls = resolve_backend(backend or layout.backend)
-    main = str(layout.main) if backend in (None, layout.backend) else os.fspath(path)
-    return cls(main, options).load()
+    if backend is None:
+        layout = detect_model(path)
+        backend, main = layout.backend, str(layout.main)
+    else:  # the model's main file where detection finds one, else the path as given
+        try:
+            main = str(detect_model(path).main)
+        except ModelError:
+            main = os.fspath(path)
+    return resolve_backend(backend)(main, options).load()

@@ -45,6 +45,7 @@ class ModelOptions:
     engine_type: str = "mklblas"
     batch_size: int = 4
     input_shape: tuple[int, ...] = (3, 224, 224)
+    signature: str = "serving_default"
 
 
 class Model(ABC):
