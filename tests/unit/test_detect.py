@@ -247,7 +247,7 @@ def test_fixture_tensorflow_savedmodel() -> None:
 # ---------------------------------------------------------------- registry
 
 
-@pytest.mark.parametrize("name", ["tensorflow", "caffe", "bigdl", "openvino"])
+@pytest.mark.parametrize("name", ["caffe", "bigdl", "openvino"])
 def test_planned_backends_are_unsupported(name: str) -> None:
     with pytest.raises(UnsupportedModelError) as info:
         resolve_backend(name)

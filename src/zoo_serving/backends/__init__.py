@@ -29,10 +29,11 @@ __all__ = [
 REGISTRY: dict[str, str] = {
     "onnx": "zoo_serving.backends.onnx_runtime:OnnxModel",
     "torch": "zoo_serving.backends.torchscript:TorchScriptModel",
+    "tensorflow": "zoo_serving.backends.tf_graph:TensorFlowModel",
 }
 
 #: frameworks detected but served by a later release, with the extra that will bring them
-_PLANNED = {"tensorflow": "tf", "openvino": "openvino", "caffe": "onnx", "bigdl": "onnx"}
+_PLANNED = {"openvino": "openvino", "caffe": "onnx", "bigdl": "onnx"}
 
 
 def resolve_backend(name: str) -> type[Model]:

@@ -117,15 +117,27 @@ class Model(ABC):
             ) from exc
 
     def warmup(self, batch_size: int | None = None) -> None:
-        """Run one batch of zeros so the first real batch pays no one-off costs."""
+        """Run one batch of zeros so the first real batch pays no one-off costs.
+
+        A free dimension takes its size from ``data.shape`` where the ranks match (C,H,W, or
+        H,W,C for HWC models), as decoded images would: a 1x1 image fails a model that pools.
+        """
         size = batch_size or self.options.batch_size
         batch = {}
         for spec in self.inputs:
-            fixed = spec.max_batch
-            n = fixed if fixed is not None else size
-            shape = (n, *(d if d is not None else 1 for d in spec.record_shape))
-            batch[spec.name] = np.zeros(shape, dtype=spec.dtype)
+            batch[spec.name] = np.zeros(
+                (spec.max_batch or size, *self._warm_shape(spec)), dtype=spec.dtype
+            )
         self.predict(batch)
+
+    def _warm_shape(self, spec: TensorSpec) -> tuple[int, ...]:
+        rec = spec.record_shape
+        fill = tuple(self.options.input_shape)
+        if len(fill) == 3 and self.image_layout == "HWC":
+            fill = (fill[1], fill[2], fill[0])
+        if len(fill) != len(rec):
+            fill = (1,) * len(rec)
+        return tuple(d if d is not None else f for d, f in zip(rec, fill))
 
     def __enter__(self) -> Model:
         return self.load()

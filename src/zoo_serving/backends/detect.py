@@ -60,8 +60,10 @@ def detect_model(path: str | os.PathLike[str]) -> ModelLayout:
     found: list[ModelLayout] = []
     half: list[str] = []
     pbs = _one(files, (".pb",))
-    if pbs and root.is_dir() and (root / "variables") in subdirs:
-        found.extend(ModelLayout("tensorflow", pb, kind="savedmodel") for pb in pbs)
+    saved = [f for f in files if f.name in ("saved_model.pb", "saved_model.pbtxt")]
+    if saved and root.is_dir() and (root / "variables") in subdirs:
+        # beside saved_model.pb, TF >= 2.11 writes fingerprint.pb: not a second model
+        found.append(ModelLayout("tensorflow", saved[0], kind="savedmodel"))
     elif pbs:
         meta = root_dir / "graph_meta.json"
         extra = {"graph_meta": meta} if meta.is_file() else {}
