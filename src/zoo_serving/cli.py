@@ -259,6 +259,24 @@ def cmd_log(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .backends.convert import convert_to_file
+    from .progress import ProgressBar
+
+    shape = None
+    if args.shape:
+        from .config import _check_shape
+
+        shape = _check_shape("--shape", args.shape)
+    bar = ProgressBar(0, f"converting {Path(args.model).name}", unit="layers")
+    try:
+        out = convert_to_file(args.model, args.out, shape, progress=bar)
+    finally:
+        bar.close()
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -304,6 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     p.add_argument("--redis", action="store_true", help="the embedded Redis server's log")
     p.set_defaults(func=cmd_log)
+
+    p = sub.add_parser("convert", help="convert a Caffe or BigDL model to an ONNX file")
+    p.add_argument("model", help="model directory (or .prototxt / .model file)")
+    p.add_argument("out", help="the ONNX file to write")
+    p.add_argument(
+        "--shape", help="input shape without batch, e.g. 3,224,224, where the net declares none"
+    )
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("demo", help="build a small model, serve it, classify some images")
     p.add_argument("images", nargs="*", help="image files (default: images the demo draws)")

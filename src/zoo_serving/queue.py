@@ -80,9 +80,17 @@ def redis_url(data: DataConfig, src: str | None = None) -> str:
 
 
 def connect(
-    data: DataConfig | None = None, *, url: str | None = None, check: bool = True, **kwargs: Any
+    data: DataConfig | None = None,
+    *,
+    url: str | None = None,
+    check: bool = True,
+    retries: int = RECONNECT_TRIES,
+    **kwargs: Any,
 ) -> Any:
     """A redis-py client for ``data`` (URL, password, ACL user, TLS files) or for ``url``.
+
+    ``retries``: how often a command that lost its connection is sent again. Workers pass 0:
+    a retried XREADGROUP would hide that the lost reply had already delivered entries.
 
     Raises:
         BrokerConnectionError: with ``check``, when Redis does not answer or refuses the login.
@@ -127,8 +135,8 @@ def connect(
                 f"Redis at {_safe(target)} does not answer: {exc}; {_hint(target, exc)}",
                 url=_safe(target),
             ) from None
-    # from now on a Redis restarting is retried for about 6 s with backoff before raising
-    client.set_retry(Retry(ExponentialBackoff(cap=1.0, base=0.05), RECONNECT_TRIES))
+    # from now on a Redis restarting is retried (about 6 s with backoff) before raising
+    client.set_retry(Retry(ExponentialBackoff(cap=1.0, base=0.05), retries))
     return client
 
 

@@ -123,7 +123,9 @@ class Worker:
         cfg = self.config
         if self.queue is None:
             # the worker blocks 100 ms at most: a socket silent for 10 s is a dead one
-            self._redis = connect(cfg.data, socket_timeout=10.0, socket_connect_timeout=5.0)
+            self._redis = connect(
+                cfg.data, retries=0, socket_timeout=10.0, socket_connect_timeout=5.0
+            )
             self.queue = RedisStreamQueue(
                 self._redis,
                 cfg.data.stream,

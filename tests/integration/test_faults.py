@@ -96,6 +96,8 @@ def test_redis_restart_mid_load_loses_nothing(onnx_model_dir, tmp_path) -> None:
         with OutputQueue(url=url, name="restart") as output:
             results = output.query_many([f"r{i}" for i in range(n)], timeout=60)
         assert len(results) == n
+        # well before params.claim_idle_ms (30 s): no record was left waiting to be taken over
+        assert time.monotonic() - back < 20.0
         direct = onnx_direct(onnx_model_dir, xs)
         for i in range(n):
             assert_top_n(results[f"r{i}"], direct[i % 30], 3)

@@ -22,7 +22,6 @@ from zoo_serving.errors import (
     ConfigError,
     IncompleteModelError,
     ModelNotFoundError,
-    UnsupportedModelError,
 )
 
 # the repository's parent holds shared/fixtures (tests/unit/<file> -> tests -> repo -> parent)
@@ -247,13 +246,10 @@ def test_fixture_tensorflow_savedmodel() -> None:
 # ---------------------------------------------------------------- registry
 
 
-@pytest.mark.parametrize("name", ["caffe", "bigdl", "openvino"])
-def test_planned_backends_are_unsupported(name: str) -> None:
-    with pytest.raises(UnsupportedModelError) as info:
-        resolve_backend(name)
-    message = str(info.value)
-    assert name in message
-    assert "ONNX" in message and "TorchScript" in message  # says what to do now
+@pytest.mark.parametrize("name", ["onnx", "torch", "tensorflow", "caffe", "bigdl", "openvino"])
+def test_every_detected_backend_resolves_to_a_model_class(name: str) -> None:
+    cls = resolve_backend(name)
+    assert issubclass(cls, Model) and cls.backend == name
 
 
 def test_unknown_backend_is_a_config_error() -> None:

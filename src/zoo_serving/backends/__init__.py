@@ -30,10 +30,13 @@ REGISTRY: dict[str, str] = {
     "onnx": "zoo_serving.backends.onnx_runtime:OnnxModel",
     "torch": "zoo_serving.backends.torchscript:TorchScriptModel",
     "tensorflow": "zoo_serving.backends.tf_graph:TensorFlowModel",
+    "openvino": "zoo_serving.backends.openvino_ir:OpenVinoModel",
+    "bigdl": "zoo_serving.backends.bigdl:BigDLModel",
+    "caffe": "zoo_serving.backends.caffe:CaffeModel",
 }
 
 #: frameworks detected but served by a later release, with the extra that will bring them
-_PLANNED = {"openvino": "openvino", "caffe": "onnx", "bigdl": "onnx"}
+_PLANNED: dict[str, str] = {}
 
 
 def resolve_backend(name: str) -> type[Model]:
@@ -99,4 +102,8 @@ def load_model(
             main = str(detect_model(path).main)
         except ModelError:
             main = os.fspath(path)
+    if backend == "onnx":  # params.engine_type picks ONNX Runtime or OpenVINO
+        from .onnx_engine import onnx_model
+
+        return onnx_model(main, options).load()
     return resolve_backend(backend)(main, options).load()

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MissingDependencyError, UnsupportedModelError
-from .base import Model, TensorSpec
+from .base import Model, ModelOptions, TensorSpec
 
 # ONNX Runtime type strings -> numpy dtypes
 _ORT_TYPES = {
@@ -42,6 +42,20 @@ class OnnxModel(Model):
 
     backend = "onnx"
 
+    def __init__(self, path: str, options: ModelOptions | None = None) -> None:
+        super().__init__(path, options)
+        self._model_bytes: bytes | None = None
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes, options: ModelOptions | None = None, name: str = "model"
+    ) -> OnnxModel:
+        """A model from serialized ONNX bytes (converters build them in memory); ``name``
+        stands in for the path in logs and errors."""
+        model = cls(name, options)
+        model._model_bytes = bytes(data)
+        return model
+
     def _load(self) -> None:
         try:
             import onnxruntime as ort
@@ -49,16 +63,13 @@ class OnnxModel(Model):
             raise MissingDependencyError(
                 "the onnx backend needs onnxruntime: pip install 'zoo-serving[onnx]'"
             ) from None
-        if self.options.engine_type == "openvino":
-            raise UnsupportedModelError(
-                "params.engine_type: openvino is not in this release; use mklblas"
-            )
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.options.threads
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
-        self._session = ort.InferenceSession(self.path, so, providers=["CPUExecutionProvider"])
+        source = self._model_bytes if self._model_bytes is not None else self.path
+        self._session = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
         self._inputs = [_spec(a) for a in self._session.get_inputs()]
         self._outputs = [_spec(a) for a in self._session.get_outputs()]
         self._output_names = [o.name for o in self._outputs]
