@@ -7,8 +7,9 @@ Self-contained: nothing here comes from ``tests/conftest.py``.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,9 +30,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedRe
 
 
 @pytest.fixture
-def redis_url(redis_server: ManagedRedis) -> Iterator[str]:
-    """The server's URL; the keyspace is emptied after each benchmark to free its memory."""
-    yield redis_server.url
+def redis(redis_server: ManagedRedis) -> Iterator[ManagedRedis]:
+    """The session's redis-server; its keyspace is emptied after each benchmark."""
+    yield redis_server
     client = connect(url=redis_server.url)
     try:
         client.flushall()
@@ -42,7 +43,7 @@ def redis_url(redis_server: ManagedRedis) -> Iterator[str]:
 # ------------------------------------------------------------------ models
 
 
-def _resnet18():  # type: ignore[no-untyped-def]
+def _resnet18() -> Any:
     """ResNet-18 (BasicBlock, [2, 2, 2, 2], 64-128-256-512 channels, 1000 classes) + softmax,
     in plain torch.nn since torchvision is not installed."""
     import torch
@@ -92,14 +93,14 @@ def _resnet18():  # type: ignore[no-untyped-def]
     return ResNet18()
 
 
-def _linear():  # type: ignore[no-untyped-def]
+def _linear() -> Any:
     """The no-op-ish model: 1,000 floats -> Linear(1000, 1000) -> softmax."""
     from torch import nn
 
     return nn.Sequential(nn.Linear(1000, 1000), nn.Softmax(dim=1))
 
 
-def export_onnx(module, record_shape: tuple[int, ...], path: Path) -> Path:  # type: ignore[no-untyped-def]
+def export_onnx(module: Any, record_shape: tuple[int, ...], path: Path) -> Path:
     """Export ``module`` (eval mode) with a free batch dimension; input "input", output
     "output"."""
     import torch
@@ -148,7 +149,7 @@ _REPORT_KEY = pytest.StashKey[list[str]]()
 
 
 @pytest.fixture
-def report_line(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+def report_line(request: pytest.FixtureRequest) -> Callable[[str], None]:
     """Print a result line now and repeat it in the terminal summary."""
     lines = request.config.stash.setdefault(_REPORT_KEY, [])
 
@@ -159,7 +160,7 @@ def report_line(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     return add
 
 
-def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     lines = config.stash.get(_REPORT_KEY, [])
     if lines:
         terminalreporter.section("zoo_serving throughput")
