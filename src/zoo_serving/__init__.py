@@ -29,7 +29,9 @@ from .errors import (
     ServerError,
     ZooServingError,
 )
+from .runners.spark import serve_on as serve_on_spark
 from .server import Server, serve
+from .spark_df import predict_df
 from .worker import Worker
 
 __version__ = "0.1.0"
@@ -56,5 +58,7 @@ __all__ = [
     "detect_model",
     "load_config",
     "load_model",
+    "predict_df",
     "serve",
+    "serve_on_spark",
 ]

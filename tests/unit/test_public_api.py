@@ -32,6 +32,8 @@ EXPECTED_ALL = {
     "load_config",
     "load_model",
     "serve",
+    "serve_on_spark",
+    "predict_df",
 }
 
 HEAVY_MODULES = ["redis", "cv2", "yaml", "onnxruntime", "torch", "tensorflow", "pyspark", "ray"]

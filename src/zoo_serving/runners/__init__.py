@@ -14,9 +14,12 @@ __all__ = ["REGISTRY", "Runner", "create_runner"]
 #: runner name -> import string of its Runner class
 REGISTRY: dict[str, str] = {
     "threads": "zoo_serving.runners.threads:ThreadsRunner",
+    "processes": "zoo_serving.runners.processes:ProcessesRunner",
+    "ray": "zoo_serving.runners.ray:RayRunner",
+    "spark": "zoo_serving.runners.spark:SparkRunner",
 }
 
-_PLANNED = ("processes", "spark", "ray")
+_PLANNED: tuple[str, ...] = ()
 
 
 def create_runner(config: Config, name: str | None = None) -> Runner:
@@ -26,7 +29,8 @@ def create_runner(config: Config, name: str | None = None) -> Runner:
     if target is None:
         if name in _PLANNED:
             raise ConfigError(
-                f"params.runner: the {name} runner is not in this release; expected threads",
+                f"params.runner: the {name} runner is not in this release; expected one of "
+                f"{', '.join(REGISTRY)}",
                 key="params.runner",
                 value=name,
             )
