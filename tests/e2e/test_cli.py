@@ -111,3 +111,113 @@ def test_start_reports_a_model_that_cannot_load(tmp_path, redis_url) -> None:
     result = zoo_serve("start", "--timeout", "60", cwd=tmp_path)
     assert result.returncode == 1
     assert "no model found" in result.stderr
+
+
+GATED_BACKEND = '''
+import os
+import time
+from pathlib import Path
+
+from zoo_serving.backends.onnx_runtime import OnnxModel
+
+
+class GatedOnnx(OnnxModel):
+    """An ONNX model whose load waits for a file: holds a server in its not-ready window."""
+
+    def _load(self):
+        deadline = time.monotonic() + 60
+        while not Path(os.environ["ZS_TEST_GATE"]).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        super()._load()
+'''
+
+
+def plain_config(tmp_path: Path, model: dict, data: dict) -> None:
+    """config.yaml written directly, not by `zoo-serve init` (one process less)."""
+    raw = {"model": model, "data": {"shape": "3,32,32", **data}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+
+
+def status_of(tmp_path: Path) -> tuple[int, dict]:
+    result = zoo_serve("status", "--json", cwd=tmp_path)
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_status_before_ready_when_ready_and_after_stop(
+    tmp_path, onnx_model_dir, redis_url, redis_client, stream, monkeypatch
+) -> None:
+    from zoo_serving import keys
+
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "gated_backend.py").write_text(GATED_BACKEND)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "plugins"))
+    monkeypatch.setenv("ZS_TEST_GATE", str(tmp_path / "gate"))
+    gated = {"path": str(onnx_model_dir), "backend": "gated_backend:GatedOnnx"}
+    plain_config(tmp_path, gated, {"src": redis_url, "stream": stream})
+
+    assert status_of(tmp_path)[0] == 1
+    waiting = zoo_serve("start", "--timeout", "0.5", cwd=tmp_path)
+    try:
+        assert waiting.returncode == 1 and "not ready after 0.5s" in waiting.stderr
+        assert "loading and warming up the model" in waiting.stderr  # the warm-up's progress
+        code, before = status_of(tmp_path)
+        assert code == 1 and before["pid"] and not before["ready"] and not before["workers"]
+        assert "zoo-serve: starting" in zoo_serve("status", cwd=tmp_path).stdout
+
+        (tmp_path / "gate").touch()
+        deadline = time.monotonic() + 60
+        while (ready := status_of(tmp_path))[0] != 0:
+            assert time.monotonic() < deadline, ready
+            time.sleep(0.2)
+        assert ready[1]["ready"] and len(ready[1]["workers"]) == 1
+        assert ready[1]["lag"] == ready[1]["pending"] == ready[1]["dead_letter"] == 0
+
+        redis_client.xadd(keys.dead_letter(stream), {"uri": "given-up"})
+        with InputQueue(url=redis_url, name=stream) as client:
+            client.enqueue("good-1", t=np.zeros((3, 32, 32), np.float32))
+            client.enqueue("bad-1", t=np.zeros((3, 8, 8), np.float32))
+        deadline = time.monotonic() + 10  # counts reach status with the next heartbeat (1 s)
+        while (serving := status_of(tmp_path))[1]["served"] < 2:
+            assert time.monotonic() < deadline, serving
+            time.sleep(0.2)
+        assert serving[0] == 0 and serving[1]["dead_letter"] == 1
+        assert serving[1]["throughput_1m"] > 0
+        human = zoo_serve("status", cwd=tmp_path).stdout
+        assert "dead letters: 1" in human and "records/s over the last minute" in human
+    finally:
+        assert zoo_serve("stop", cwd=tmp_path).returncode == 0
+    code, after = status_of(tmp_path)
+    assert code == 1 and not after["ready"] and after["pid"] is None and not after["workers"]
+
+    log = zoo_serve("log", "-n", "500", cwd=tmp_path)
+    assert log.returncode == 0
+    assert "record failed uri=bad-1 code=bad_shape: " in log.stdout
+    assert "uri=good-1" not in log.stdout
+
+
+def test_start_with_tensorboard_prints_its_address(
+    tmp_path, onnx_model_dir, redis_url, stream
+) -> None:
+    import re
+
+    import httpx
+
+    plain_config(tmp_path, {"path": str(onnx_model_dir)}, {"src": redis_url, "stream": stream})
+    started = zoo_serve("start", "--tensorboard", cwd=tmp_path)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        found = re.search(r"TensorBoard at (http://127\.0\.0\.1:(\d+)/)", started.stdout)
+        assert found, started.stdout
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(found.group(1), timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "TensorBoard did not answer"
+            time.sleep(0.2)
+        assert any((tmp_path / ".zoo-serving" / "summary").iterdir())  # log.summary was set
+    finally:
+        assert zoo_serve("stop", cwd=tmp_path).returncode == 0
+    assert not port_answers("127.0.0.1", int(found.group(2)))

@@ -7,6 +7,7 @@ import time
 from abc import ABC, abstractmethod
 
 from ..config import Config
+from ..metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ class Runner(ABC):
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.metrics: Metrics | None = None  # the server's sink, handed to in-process workers
         self._started = False
 
     def start(self) -> None:

@@ -29,7 +29,7 @@ class ThreadsRunner(Runner):
     def _start(self) -> None:
         self._stop_event.clear()
         for _ in range(self.workers):
-            worker = Worker(self.config)
+            worker = Worker(self.config, metrics=self.metrics)
             self._workers.append(worker)
             thread = threading.Thread(
                 target=self._run, args=(worker,), name=worker.name, daemon=True

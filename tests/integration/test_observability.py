@@ -1,0 +1,170 @@
+"""What the server shows of itself: TensorBoard event files, Prometheus /metrics, the error log."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import redis as redis_lib
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import jpeg
+from zoo_serving import InputQueue, Server, keys
+from zoo_serving.errors import DecodeError, ServerError, ShapeError
+from zoo_serving.metrics import STAGES, SUMMARY_TAGS
+from zoo_serving.redis_server import ManagedRedis, free_port
+
+GOOD = 1200
+
+
+def records() -> list[tuple[str, dict, str | None]]:
+    """(uri, inputs, expected failure code): good records with bad ones spread among them."""
+    out: list[tuple[str, dict, str | None]] = []
+    x = np.random.default_rng(0).normal(0, 50, (3, 32, 32)).astype(np.float32)
+    for i in range(GOOD):
+        out.append((f"ok-{i}", {"input": jpeg(i % 5) if i % 2 else x}, None))
+        if i % 150 == 3:
+            out.append((f"bad-image-{i}", {"input": b"\xff\xd8 not a jpeg"}, DecodeError.code))
+        if i % 200 == 11:
+            out.append((f"bad-shape-{i}", {"input": np.zeros((3, 8, 8), np.float32)}, "bad_shape"))
+    return out
+
+
+def scrape(url: str) -> dict[str, dict[tuple, float]]:
+    """/metrics as {sample name: {sorted label items: value}}."""
+    text = httpx.get(url, timeout=5).text
+    out: dict[str, dict[tuple, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def answered(sample: dict[str, dict[tuple, float]]) -> float:
+    ok = sum(sample.get("zoo_serving_records_succeeded_total", {}).values())
+    return ok + sum(sample.get("zoo_serving_records_failed_total", {}).values())
+
+
+def test_summary_metrics_and_error_log_account_for_every_record(
+    serve, onnx_model_dir, client, output, tmp_path
+) -> None:
+    sent = records()
+    n = len(sent)
+    bad_image = sum(code == "decode" for _, _, code in sent)
+    bad_shape = sum(code == ShapeError.code for _, _, code in sent)
+    assert bad_image and bad_shape and n == GOOD + bad_image + bad_shape
+    port = free_port()
+    server = serve(
+        onnx_model_dir,
+        **{"log.summary": "y", "log.metrics_port": port, "params.batch_size": 8},
+    )
+    url = server.metrics.metrics_url
+    assert url == f"http://127.0.0.1:{port}/metrics"
+
+    def send() -> None:  # in chunks, so the scrapes below happen under load
+        for start in range(0, n, 25):
+            client.enqueue_many((u, inputs) for u, inputs, _ in sent[start : start + 25])
+            time.sleep(0.02)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    seen, deadline = [], time.monotonic() + 30
+    while not seen or seen[-1] < n:
+        assert time.monotonic() < deadline, f"counted {seen[-1:]} of {n}"
+        seen.append(answered(scrape(url)))
+        time.sleep(0.02)
+    sender.join()
+    assert seen == sorted(seen) and seen[-1] == n  # counters only grow, and stop at what was sent
+    assert sum(0 < s < n for s in seen) >= 3, f"too few scrapes under load: {seen}"
+
+    results = output.query_many([u for u, _, _ in sent], timeout=30)
+    for uri, _, code in sent:
+        assert (code is None) == (not isinstance(results[uri], Exception)), uri
+    final = scrape(url)
+    assert final["zoo_serving_records_succeeded_total"][()] == GOOD
+    assert final["zoo_serving_records_failed_total"] == {
+        (("reason", "decode"),): bad_image,
+        (("reason", "bad_shape"),): bad_shape,
+    }
+    for stage in STAGES:
+        assert final["zoo_serving_stage_seconds_count"][(("stage", stage),)] > 0, stage
+    assert 0 < final["zoo_serving_batch_size_count"][()] <= GOOD
+    assert final["zoo_serving_batch_size_sum"][()] == GOOD  # bad records fail before batching
+    assert final["zoo_serving_workers"][()] == 1
+    gauges = ("zoo_serving_stream_lag", "zoo_serving_pending", "zoo_serving_dead_letter")
+    deadline = time.monotonic() + 5  # the monitor refreshes them once a second
+    while any((now := scrape(url))[name][()] != 0 for name in gauges):
+        assert time.monotonic() < deadline, {name: now[name] for name in gauges}
+        time.sleep(0.1)
+
+    summary_dir = server.metrics.summary_dir
+    server.stop()
+    assert summary_dir is not None and summary_dir.parent == tmp_path / "work" / "summary"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(summary_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    assert set(SUMMARY_TAGS) <= set(events.Tags()["scalars"])
+    total = [e.value for e in events.Scalars("Total Records Number")]
+    assert total == sorted(total) and total[-1] == n
+    assert {e.value for e in events.Scalars("Partition Number")} >= {1.0}
+    assert all(e.value > 0 for e in events.Scalars("Throughput"))
+    assert all(e.value > 0 for e in events.Scalars("Micro Batch Throughput"))
+
+    error_log = (tmp_path / "work" / "error.log").read_text()
+    for uri, _, code in sent:
+        if code is not None:
+            assert f"record failed uri={uri} code={code}: " in error_log, uri
+    assert error_log.count("record failed") == bad_image + bad_shape
+
+
+def test_error_log_has_the_server_events(onnx_model_dir, tmp_path) -> None:
+    """Start, model loaded, a lost worker, a Redis outage and its recovery, stop."""
+    port = free_port()
+    redis_server = ManagedRedis(tmp_path / "redis", port).start()
+    config = {
+        "model": {"path": str(onnx_model_dir)},
+        "data": {"src": redis_server.url, "stream": "events", "shape": "3,32,32"},
+        "log": {"dir": str(tmp_path / "work")},
+    }
+    log_path = tmp_path / "work" / "error.log"
+
+    def wait_for(text: str) -> None:
+        deadline = time.monotonic() + 15
+        while text not in log_path.read_text():
+            assert time.monotonic() < deadline, f"{text!r} not in the error log"
+            time.sleep(0.05)
+
+    server = Server(config).start()
+    try:
+        probe = redis_lib.Redis.from_url(redis_server.url)
+        ghost = {"host": "elsewhere", "pid": 4242, "ready": True, "ts": time.time() - 60}
+        probe.hset(keys.workers("events"), "ghost-1", json.dumps(ghost))
+        probe.close()
+        wait_for("worker ghost-1 (host elsewhere pid 4242) lost: no heartbeat")
+        redis_server.stop()
+        wait_for("read from events failed")
+        redis_server = ManagedRedis(tmp_path / "redis", port).start()
+        wait_for("read from events recovered")
+        with InputQueue(url=redis_server.url, name="events") as client:
+            assert client.predict(np.zeros((3, 32, 32), np.float32), timeout=30)
+    finally:
+        server.stop()
+        redis_server.stop()
+    text = log_path.read_text()
+    for event in ("starting 1 threads worker(s)", "ready: onnx model", "server stopped"):
+        assert event in text, event
+
+
+def test_a_metrics_port_in_use_is_a_clear_error(serve, onnx_model_dir) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ServerError, match=f"log.metrics_port: cannot serve .*:{port}"):
+            serve(onnx_model_dir, **{"log.metrics_port": port})
