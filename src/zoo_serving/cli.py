@@ -20,12 +20,15 @@ from .errors import ZooServingError
 
 PID_FILE = "zoo-serve.pid"
 OUT_FILE = "server.out"
+TENSORBOARD_FILE = "tensorboard.url"  # the address of the TensorBoard `start --tensorboard` runs
 
 
 def _load(args: argparse.Namespace) -> Config:
     cfg = load_config(args.config)
     if getattr(args, "runner", None):
         cfg = cfg.replace(**{"params.runner": args.runner})
+    if getattr(args, "http", None) is not None:
+        cfg = cfg.replace(**{"http.port": args.http})
     return cfg
 
 
@@ -84,31 +87,66 @@ def cmd_start(args: argparse.Namespace) -> int:
     ]
     if args.runner:
         cmd += ["--runner", args.runner]
+    if args.http is not None:
+        cmd += ["--http", str(args.http)]
+    if args.tensorboard:
+        cmd += ["--tensorboard"]
     out = open(cfg.work_dir / OUT_FILE, "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
     )
     out.close()
     (cfg.work_dir / PID_FILE).write_text(str(proc.pid))
-    deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            (cfg.work_dir / PID_FILE).unlink(missing_ok=True)
-            print(f"server failed to start (exit {proc.returncode}):", file=sys.stderr)
-            print(_tail(cfg.work_dir / OUT_FILE, 20), file=sys.stderr)
-            return 1
-        if _is_ready(cfg):
-            print(
-                f"zoo-serve started (pid {proc.pid}), serving stream {cfg.data.stream}; "
-                f"work dir {cfg.work_dir}"
-            )
-            return 0
-        time.sleep(0.1)
+    state = _wait_started(cfg, proc, args.timeout)
+    if state == "exited":
+        (cfg.work_dir / PID_FILE).unlink(missing_ok=True)
+        print(f"server failed to start (exit {proc.returncode}):", file=sys.stderr)
+        print(_tail(cfg.work_dir / OUT_FILE, 20), file=sys.stderr)
+        return 1
+    if state == "ready":
+        print(
+            f"zoo-serve started (pid {proc.pid}), serving stream {cfg.data.stream}; "
+            f"work dir {cfg.work_dir}"
+        )
+        if cfg.http.port:
+            print(f"HTTP front door at http://{cfg.http.host}:{cfg.http.port}")
+        board = cfg.work_dir / TENSORBOARD_FILE
+        if args.tensorboard and board.exists():
+            print(f"TensorBoard at {board.read_text().strip()}")
+        return 0
     print(
         f"server (pid {proc.pid}) not ready after {args.timeout}s; see `zoo-serve log`",
         file=sys.stderr,
     )
     return 1
+
+
+def _wait_started(cfg: Config, proc: subprocess.Popen[bytes], timeout_s: float) -> str:
+    """Wait for the server: ready, exited or timeout; draws the warm-up's progress meanwhile."""
+    from .progress import ProgressBar
+
+    deadline = time.monotonic() + timeout_s
+    with ProgressBar(cfg.params.workers, "loading and warming up the model", "workers") as bar:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                return "exited"
+            bar(_ready_workers(cfg))
+            if _is_ready(cfg):
+                return "ready"
+            time.sleep(0.1)
+    return "timeout"
+
+
+def _ready_workers(cfg: Config) -> int:
+    try:
+        client = _status_client(cfg)
+        try:
+            beats = client.hvals(keys.workers(cfg.data.stream))
+        finally:
+            client.close()
+    except Exception:
+        return 0
+    return sum(1 for beat in beats if json.loads(beat).get("ready"))
 
 
 def _run_foreground(cfg: Config, args: argparse.Namespace) -> int:
@@ -121,12 +159,31 @@ def _run_foreground(cfg: Config, args: argparse.Namespace) -> int:
     pid_file = cfg.work_dir / PID_FILE
     cfg.work_dir.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(str(os.getpid()))
+    board = None
+    if getattr(args, "tensorboard", False):
+        cfg = cfg.replace(**{"log.summary": True})
+        board = _start_tensorboard(cfg)
     try:
         serve(cfg)
     finally:
+        if board is not None:
+            board.terminate()
+            board.wait(10)
+            (cfg.work_dir / TENSORBOARD_FILE).unlink(missing_ok=True)
         if pid_file.exists() and pid_file.read_text().strip() == str(os.getpid()):
             pid_file.unlink()
     return 0
+
+
+def _start_tensorboard(cfg: Config) -> subprocess.Popen[bytes]:
+    """TensorBoard over the summaries, a child of this server; its address goes to a file
+    for the `zoo-serve start` that waits for us."""
+    from .summary import start_tensorboard
+
+    proc, url = start_tensorboard(cfg.work_dir / "summary", cfg.work_dir / "tensorboard.log")
+    (cfg.work_dir / TENSORBOARD_FILE).write_text(url)
+    print(f"TensorBoard at {url}", flush=True)
+    return proc
 
 
 def _is_ready(cfg: Config) -> bool:
@@ -182,6 +239,8 @@ def cmd_restart(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from .metrics import stream_stats
+
     cfg = _load(args)
     pid = _read_pid(cfg)
     status: dict[str, Any] = {"stream": cfg.data.stream, "pid": pid, "ready": False, "workers": []}
@@ -199,14 +258,18 @@ def cmd_status(args: argparse.Namespace) -> int:
             if now - info.get("ts", 0) > 5:
                 continue  # a worker that stopped beating is gone
             status["workers"].append({"name": name.decode(), **info})
-        status["queued"] = int(client.xlen(stream)) if client.exists(stream) else 0
-        try:
-            status["pending"] = int(client.xpending(stream, cfg.data.group)["pending"])
-        except Exception:
-            status["pending"] = 0
+        status.update(stream_stats(client, stream, cfg.data.group))
     finally:
         client.close()
+    workers = status["workers"]
+    status["served"] = sum(w.get("succeeded", 0) + w.get("failed", 0) for w in workers)
+    status["throughput_1m"] = round(sum(_last_minute_rate(w, now) for w in workers), 2)
     return _print_status(status, args)
+
+
+def _last_minute_rate(beat: dict[str, Any], now: float) -> float:
+    """Records/s a worker answered over the last minute, or over its life while younger."""
+    return float(beat.get("served_1m", 0)) / min(60.0, max(1.0, now - beat.get("started", 0)))
 
 
 def _print_status(status: dict[str, Any], args: argparse.Namespace) -> int:
@@ -220,7 +283,14 @@ def _print_status(status: dict[str, Any], args: argparse.Namespace) -> int:
     if "redis" in status:
         print(f"  redis: {status['redis']}")
     else:
-        print(f"  queued: {status['queued']}  pending: {status['pending']}")
+        print(
+            f"  queued: {status['queued']}  lag: {status['lag']}  pending: {status['pending']}"
+            f"  dead letters: {status['dead_letter']}"
+        )
+        print(
+            f"  served: {status['served']} records, "
+            f"{status['throughput_1m']} records/s over the last minute"
+        )
     for w in status["workers"]:
         print(
             f"  worker {w['name']} on {w['host']} pid {w['pid']}: "
@@ -307,6 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--runner", choices=RUNNERS, help="override params.runner")
         p.add_argument("--foreground", action="store_true", help="serve in this process")
         p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for ready")
+        p.add_argument(
+            "--http", type=int, metavar="PORT", help="also serve HTTP on PORT (sets http.port)"
+        )
+        p.add_argument(
+            "--tensorboard",
+            action="store_true",
+            help="also run TensorBoard on localhost over the summaries (sets log.summary y)",
+        )
         p.set_defaults(func=func)
 
     p = with_config(sub.add_parser("stop", help="drain in-flight records and stop"))

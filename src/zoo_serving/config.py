@@ -26,6 +26,7 @@ from .errors import ConfigError
 __all__ = [
     "Config",
     "DataConfig",
+    "HttpConfig",
     "LogConfig",
     "ModelConfig",
     "ParamsConfig",
@@ -179,6 +180,15 @@ def _check_path(key: str, value: Any) -> str:
     return os.path.expanduser(text)
 
 
+def _check_port(key: str, value: Any) -> int:
+    port = _int_checker(0)(key, value)
+    if port > 65535:
+        raise ConfigError(
+            f"{key}: expected a TCP port 1-65535, or 0 for off, got {value!r}", key=key, value=value
+        )
+    return port
+
+
 def _opt(default: Any, check: Callable[[str, Any], Any], doc: str) -> Any:
     return field(default=default, metadata={"check": check, "doc": doc})
 
@@ -252,6 +262,10 @@ class LogConfig:
     dir: str | None = _opt(
         None, _check_path, "work directory: pid, logs, embedded Redis; default .zoo-serving"
     )
+    metrics_port: int = _opt(0, _check_port, "port of the Prometheus /metrics endpoint; 0: off")
+    metrics_host: str = _opt(
+        "127.0.0.1", _check_str, "address the metrics endpoint binds; 0.0.0.0 for every interface"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -273,6 +287,20 @@ class RayConfig:
     address: str | None = _opt(None, _check_str, "existing cluster; empty: a local Ray")
 
 
+@dataclass(frozen=True, kw_only=True)
+class HttpConfig:
+    """``http:`` the HTTP front door (POST /predict, KServe v2), a client of the same stream."""
+
+    port: int = _opt(0, _check_port, "port of the HTTP front door; 0: off")
+    host: str = _opt(
+        "127.0.0.1", _check_str, "address the HTTP front door binds; 0.0.0.0 for every interface"
+    )
+    timeout_s: float = _opt(30.0, _float_checker(0.001), "longest an HTTP request waits")
+    model_name: str | None = _opt(
+        None, _check_str, "the model's name in /v2/models/<name>; empty: from model.path"
+    )
+
+
 _SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "data": DataConfig,
@@ -280,6 +308,7 @@ _SECTIONS: dict[str, type] = {
     "log": LogConfig,
     "spark": SparkConfig,
     "ray": RayConfig,
+    "http": HttpConfig,
 }
 
 
@@ -293,6 +322,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     source: str | None = None  # the file it was read from, if any
 
     def __post_init__(self) -> None:

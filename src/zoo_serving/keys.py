@@ -8,12 +8,35 @@ of one stream can never equal one of another.
 from __future__ import annotations
 
 PREFIX = "zs"  # namespace of every key zoo_serving owns
+ZOO_RESULT_PREFIX = "cluster-serving_"  # result hashes of Analytics Zoo v0.9-v0.11 clients
+SEED_RESULT_PREFIX = "result:"  # result hashes of seed-era clients
 
 
 def result(stream: str, uri: str | bytes) -> bytes:
     """List holding the one result of ``uri`` (native protocol); expires after result_ttl_s."""
     uri_b = uri if isinstance(uri, bytes) else uri.encode("utf-8")
     return f"{PREFIX}:{{{stream}}}:result:".encode() + uri_b
+
+
+def zoo_result(stream: str, uri: str | bytes) -> bytes:
+    """Hash ``cluster-serving_<stream>:<uri>``, field ``value``: the result of an Analytics Zoo
+    v0.9-v0.11 record (base64 Arrow, or ``NaN``), where that release's client looks for it;
+    expires after result_ttl_s. No hash tag: the original key format is fixed."""
+    uri_b = uri if isinstance(uri, bytes) else uri.encode("utf-8")
+    return f"{ZOO_RESULT_PREFIX}{stream}:".encode() + uri_b
+
+
+def seed_result(uri: str | bytes) -> bytes:
+    """Hash ``result:<uri>``, field ``value``: the top-N of a seed-era record (stream
+    ``image_stream``, fields ``uri`` and ``image``); expires after result_ttl_s."""
+    uri_b = uri if isinstance(uri, bytes) else uri.encode("utf-8")
+    return SEED_RESULT_PREFIX.encode() + uri_b
+
+
+def model(stream: str) -> str:
+    """String: JSON of the served model (backend, inputs, outputs), written by each worker when
+    its model is loaded; the HTTP front door reads it for /v2/models/<name>."""
+    return f"{PREFIX}:{{{stream}}}:model"
 
 
 def finished(stream: str) -> str:

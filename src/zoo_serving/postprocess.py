@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from . import protocol_zoo
 from .protocol import encode_tensors, encode_topn
 
 
@@ -27,13 +28,36 @@ def top_n(scores: np.ndarray, n: int) -> list[list[tuple[int, float]]]:
     return [list(zip(idx.tolist(), val.tolist())) for idx, val in zip(order, best)]
 
 
-def postprocess(outputs: Mapping[str, np.ndarray], n: int, batch: int) -> list[bytes]:
+def postprocess(
+    outputs: Mapping[str, np.ndarray], n: int, batch: int, replies: Sequence[str] | None = None
+) -> list[bytes]:
     """Encoded results for each record of a batch.
 
     With ``n > 0`` and a single class-score output, each result is the top-``n`` answer;
-    otherwise it is the record's slice of every output tensor.
+    otherwise it is the record's slice of every output tensor. ``replies`` gives each record's
+    protocol (:mod:`~zoo_serving.protocol_zoo`): Analytics Zoo records always get their output
+    tensors in the original Arrow encoding, seed-era records the JSON top-N.
     """
+    if replies is not None and any(r != protocol_zoo.NATIVE for r in replies):
+        return _mixed(outputs, n, batch, replies)
     if n > 0 and is_class_vector(outputs):
         scores = next(iter(outputs.values())).reshape(batch, -1)
         return [encode_topn(pairs) for pairs in top_n(scores, n)]
     return [encode_tensors({k: v[i] for k, v in outputs.items()}) for i in range(batch)]
+
+
+def _mixed(
+    outputs: Mapping[str, np.ndarray], n: int, batch: int, replies: Sequence[str]
+) -> list[bytes]:
+    native: list[bytes] | None = None
+    out = []
+    for i, reply in enumerate(replies):
+        record = {k: v[i] for k, v in outputs.items()}
+        if reply == protocol_zoo.ZOO:
+            out.append(protocol_zoo.encode_result(record))
+        elif reply == protocol_zoo.SEED:
+            out.append(protocol_zoo.encode_seed_result(record, n))
+        else:
+            native = native or postprocess(outputs, n, batch)
+            out.append(native[i])
+    return out

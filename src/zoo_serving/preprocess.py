@@ -109,19 +109,22 @@ class Preprocessor:
         self.max_image_pixels = max_image_pixels
         self._by_name = {s.name: s for s in self.inputs}
 
-    def __call__(self, request: Request) -> dict[str, np.ndarray]:
-        return {spec.name: self.decode(raw, spec) for raw, spec in self.match(request.inputs)}
+    def __call__(self, request: Request, *, by_position: bool = False) -> dict[str, np.ndarray]:
+        pairs = self.match(request.inputs, by_position=by_position)
+        return {spec.name: self.decode(raw, spec) for raw, spec in pairs}
 
-    def match(self, raws: Sequence[RawInput]) -> list[tuple[RawInput, TensorSpec]]:
-        """Pair wire inputs with model inputs: by name when every name is the model's,
-        otherwise by position."""
+    def match(
+        self, raws: Sequence[RawInput], *, by_position: bool = False
+    ) -> list[tuple[RawInput, TensorSpec]]:
+        """Pair wire inputs with model inputs: by name when every name is the model's (and
+        not ``by_position``, as for Analytics Zoo records), otherwise by position."""
         want = ", ".join(repr(s.name) for s in self.inputs)
         if len(raws) != len(self.inputs):
             got = ", ".join(repr(r.name) for r in raws)
             raise MissingInputError(
                 f"model takes {len(self.inputs)} input(s) ({want}), record has {len(raws)} ({got})"
             )
-        if all(r.name in self._by_name for r in raws):
+        if not by_position and all(r.name in self._by_name for r in raws):
             return [(r, self._by_name[r.name]) for r in raws]
         return list(zip(raws, self.inputs))
 

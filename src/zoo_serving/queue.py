@@ -20,12 +20,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 from urllib.parse import urlsplit
 
 from . import keys
 from .config import DataConfig
 from .errors import BrokerConnectionError
+from .protocol_zoo import NATIVE, result_key
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,10 @@ class Entry:
     id: bytes
     fields: dict[bytes, bytes]
     deliveries: int = 1
+
+
+# a completed entry: (entry, uri, result) or (entry, uri, result, reply protocol)
+Done = Union[tuple[Entry, bytes, bytes], tuple[Entry, bytes, bytes, str]]  # noqa: UP007
 
 
 class Queue(ABC):
@@ -60,9 +65,11 @@ class Queue(ABC):
         """Keep a copy of an entry given up on, with the reason, where an operator can see it."""
 
     @abstractmethod
-    def complete(self, done: Sequence[tuple[Entry, bytes, bytes]]) -> int:
-        """Write ``(entry, uri, result)`` results and acknowledge the entries; returns how many
-        results were written (an entry already completed elsewhere is skipped)."""
+    def complete(self, done: Sequence[Done]) -> int:
+        """Write ``(entry, uri, result[, reply])`` results and acknowledge the entries; returns
+        how many results were written (an entry already completed elsewhere is skipped).
+        ``reply`` is the record's protocol (:mod:`~zoo_serving.protocol_zoo`), native if absent:
+        it says where the result goes."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
@@ -182,19 +189,25 @@ def consumer_name(tag: str = "") -> str:
 # ------------------------------------------------------------------ Redis Streams
 
 # KEYS: stream, finished list, then one result key per entry
-# ARGV: group, ttl_ms, finished_max, then (id, value, uri) per entry
+# ARGV: group, ttl_ms, finished_max, then (id, value, uri, how) per entry; how is 'l' (native:
+# a one-element list, uri added to the finished list) or 'h' (Analytics Zoo and seed-era
+# clients: a hash with the field 'value')
 _COMPLETE_LUA = """
 local written = 0
 local n = #KEYS - 2
 for i = 1, n do
-  local base = 3 + (i - 1) * 3
+  local base = 3 + (i - 1) * 4
   local id = ARGV[base + 1]
   if redis.call('XACK', KEYS[1], ARGV[1], id) == 1 then
     local key = KEYS[2 + i]
     redis.call('DEL', key)
-    redis.call('RPUSH', key, ARGV[base + 2])
+    if ARGV[base + 4] == 'h' then
+      redis.call('HSET', key, 'value', ARGV[base + 2])
+    else
+      redis.call('RPUSH', key, ARGV[base + 2])
+      redis.call('RPUSH', KEYS[2], ARGV[base + 3])
+    end
     redis.call('PEXPIRE', key, ARGV[2])
-    redis.call('RPUSH', KEYS[2], ARGV[base + 3])
     written = written + 1
   end
   redis.call('XDEL', KEYS[1], id)
@@ -327,14 +340,15 @@ class RedisStreamQueue(Queue):
         )
         self.client.xadd(keys.dead_letter(self.stream), fields)
 
-    def complete(self, done: Sequence[tuple[Entry, bytes, bytes]]) -> int:
+    def complete(self, done: Sequence[Done]) -> int:
         if not done:
             return 0
         keys_: list[Any] = [self.stream, self._finished_key]
         args: list[Any] = [self.group, self.result_ttl_ms, FINISHED_MAX]
-        for entry, uri, value in done:
-            keys_.append(keys.result(self.stream, uri))
-            args.extend((entry.id, value, uri))
+        for entry, uri, value, *rest in done:
+            reply = rest[0] if rest else NATIVE
+            keys_.append(result_key(reply, self.stream, uri))
+            args.extend((entry.id, value, uri, "l" if reply == NATIVE else "h"))
         return int(self._complete(keys=keys_, args=args))
 
     def pending(self) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 from . import keys
 from .config import Config, load_config
 from .errors import ServerError
+from .metrics import Metrics
 from .queue import connect, redis_url
 from .redis_server import ManagedRedis, port_answers
 from .runners import Runner, create_runner
@@ -41,6 +42,8 @@ class Server:
         self.config: Config = cfg
         self.embedded: ManagedRedis | None = None
         self.runner: Runner | None = None
+        self.http: Any = None  # the HTTP front door (zoo_serving.http.HttpServer), if http.port
+        self.metrics: Metrics | None = None  # kept after stop, for its summary_dir
         self._log_handler: logging.Handler | None = None
         self._stopped = threading.Event()
 
@@ -63,7 +66,13 @@ class Server:
         self._setup_error_log()
         try:
             self._resolve_redis()
+            if self.config.http.port:  # up first: /v2/health/ready tells when workers are
+                from .http import serve_http
+
+                self.http = serve_http(self.config)
+            self.metrics = Metrics(self.config).start()
             self.runner = create_runner(self.config)
+            self.runner.metrics = self.metrics
             log.info(
                 "starting %d %s worker(s) on %s stream %s",
                 self.runner.workers,
@@ -112,9 +121,14 @@ class Server:
 
     def stop(self, timeout_s: float | None = 60.0) -> None:
         """Stop reading, finish in-flight records, stop the workers and the embedded Redis."""
+        if self.http is not None:  # first, so no request waits on workers that are gone
+            self.http.stop()
+            self.http = None
         if self.runner is not None:
             self.runner.stop(timeout_s)
             self.runner = None
+        if self.metrics is not None:
+            self.metrics.close()
         if self.embedded is not None:
             self.embedded.stop()
             self.embedded = None

@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from . import keys, protocol
+from . import keys, protocol, protocol_zoo
 from .backends import Model, ModelOptions, load_model
 from .config import Config, load_config
 from .errors import DeadlineExceededError, InferenceError, ServerError, ZooServingError
+from .metrics import Metrics, RateWindow
 from .postprocess import postprocess
 from .preprocess import Preprocessor
 from .queue import Entry, Queue, RedisStreamQueue, connect, consumer_name
@@ -53,6 +54,8 @@ class Item:
     arrays: dict[str, np.ndarray] | None = None
     result: bytes | None = None
     deadline_ms: int | None = None
+    reply: str = protocol_zoo.NATIVE  # the record's protocol: where and how its result goes
+    decode_s: float = 0.0  # seconds the reader spent decoding it
 
 
 @dataclass
@@ -63,6 +66,7 @@ class WorkerStats:
     failed: int = 0
     batches: int = 0
     failures_by_code: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    recent: RateWindow = field(default_factory=RateWindow)  # records answered, last minute
 
 
 def model_options(config: Config) -> ModelOptions:
@@ -83,6 +87,8 @@ class Worker:
         queue: the broker consumer; by default a :class:`RedisStreamQueue` on ``data.src``.
         model: an already loaded model; by default the one at ``model.path``.
         name: the consumer name; by default host-pid plus a counter.
+        metrics: the server's metrics sink, called at each stage; by default one that
+            records nothing.
 
     Example::
 
@@ -101,6 +107,7 @@ class Worker:
         queue: Queue | None = None,
         model: Model | None = None,
         name: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = load_config(config)
         with Worker._count_lock:
@@ -115,6 +122,8 @@ class Worker:
         self._preprocess: Preprocessor | None = None
         self._started = time.time()
         self._drained = True  # the last read emptied the stream
+        self.metrics = metrics or Metrics()
+        self._infer_s = self._post_s = 0.0  # model and postprocess seconds of the batch
 
     # -------------------------------------------------------------- lifecycle
 
@@ -145,9 +154,26 @@ class Worker:
             max_payload_bytes=cfg.data.max_payload_bytes,
             max_image_pixels=cfg.data.max_image_pixels,
         )
+        self._announce()
         self.ready = True
         log.info("worker %s ready: %s model %s", self.name, self.model.backend, self.model.path)
         return self
+
+    def _announce(self) -> None:
+        """Say what the model takes and gives (``keys.model``, for HTTP front doors) and that a
+        worker is ready: before ``ready`` is set, so whoever sees it sees Redis agree."""
+        if self._redis is None or self.model is None:
+            return
+        stream = self.config.data.stream
+        info = json.dumps(_model_info(self.model))
+
+        def announce() -> None:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.set(keys.model(stream), info)
+            pipe.set(keys.ready(stream), self.name, px=int(HEARTBEAT_TTL_S * 1000))
+            pipe.execute()
+
+        self._try(announce)
 
     def close(self) -> None:
         """Free the model and the connection."""
@@ -183,6 +209,7 @@ class Worker:
                     daemon=True,
                 )
             )
+        self.metrics.worker_started(self.name, self.stats)
         for t in threads:
             t.start()
         try:
@@ -192,6 +219,7 @@ class Worker:
             for t in threads:
                 t.join()
             self._clear_heartbeat()
+            self.metrics.worker_stopped(self.name)
         log.info(
             "worker %s stopped: %d succeeded, %d failed",
             self.name,
@@ -211,6 +239,8 @@ class Worker:
             while not stop.is_set():
                 try:
                     entries = self.queue.read(count, block_ms=100)
+                    if backoff > 0.1:  # the first good read after failed ones
+                        log.info("read from %s recovered", self.config.data.stream)
                     backoff = 0.1
                     # a short read means Redis has nothing more right now: no point waiting
                     self._drained = len(entries) < count
@@ -227,7 +257,10 @@ class Worker:
                         self._try(self.queue.setup)
                     continue
                 for entry in entries:
+                    started = time.perf_counter()
                     item = self._decode(entry)
+                    item.decode_s = time.perf_counter() - started
+                    self.metrics.record_decode(entry.id, item.decode_s)
                     (to_write if item.result is not None else to_batch).put(item)
         finally:
             to_batch.put(_STOP)
@@ -244,16 +277,18 @@ class Worker:
         uri = entry.fields.get(protocol.F_URI)
         if uri is None:  # the error result goes where an operator can find it: under the id
             uri = entry.id
-        item = Item(entry, uri)
+        item = Item(entry, uri, reply=protocol_zoo.reply_kind(entry.fields))
         limit = self.config.params.max_deliveries
         if entry.deliveries > limit:
             self._give_up(item, limit)
             return item
         try:
-            request = protocol.decode_request(entry.fields)
+            request = protocol_zoo.decode_record(
+                entry.fields, item.reply, self.config.data.max_payload_bytes
+            )
             item.deadline_ms = request.deadline_ms
             self._check_deadline(item)
-            item.arrays = self._preprocess(request)
+            item.arrays = self._preprocess(request, by_position=item.reply != protocol_zoo.NATIVE)
         except ZooServingError as exc:
             self._fail(item, exc)
         except Exception as exc:  # a decoder bug must not take the worker down
@@ -314,7 +349,9 @@ class Worker:
                     done = True
                     break
                 batch.append(item)
+            self._infer_s = self._post_s = 0.0
             self._serve_batch(batch)
+            self._observe_batch(batch)
             for item in batch:
                 to_write.put(item)
 
@@ -336,10 +373,14 @@ class Worker:
 
     def _predict_isolating(self, items: list[Item]) -> None:
         """Run the model; if the batch fails, split it so only the bad record(s) fail."""
+        started = time.perf_counter()
         try:
             outputs = self._predict([i.arrays for i in items])  # type: ignore[misc]
-            results = postprocess(outputs, self.config.params.top_n, len(items))
+            inferred = time.perf_counter()
+            replies = [i.reply for i in items]
+            results = postprocess(outputs, self.config.params.top_n, len(items), replies)
         except Exception as exc:
+            self._infer_s += time.perf_counter() - started
             if not isinstance(exc, ZooServingError):
                 log.exception("unexpected error running the model")
                 exc = InferenceError(f"{type(exc).__name__}: {exc}")
@@ -350,6 +391,8 @@ class Worker:
             self._predict_isolating(items[:mid])
             self._predict_isolating(items[mid:])
             return
+        self._infer_s += inferred - started
+        self._post_s += time.perf_counter() - inferred
         for item, result in zip(items, results):
             item.result = result
             item.arrays = None
@@ -397,11 +440,13 @@ class Worker:
                     finished = True
                     break
                 pending.append(nxt)
+            started = time.perf_counter()
             self._write(pending)
+            self._observe_written(len(pending), time.perf_counter() - started)
 
     def _write(self, items: list[Item]) -> None:
         assert self.queue is not None
-        done = [(i.entry, i.uri, i.result or b"") for i in items]
+        done = [(i.entry, i.uri, i.result or b"", i.reply) for i in items]
         backoff = 0.1
         while True:
             try:
@@ -415,7 +460,7 @@ class Worker:
                 backoff = min(backoff * 2, 1.0)
 
     def _fail(self, item: Item, exc: BaseException) -> None:
-        item.result = protocol.encode_exception(exc)
+        item.result = protocol_zoo.encode_failure(item.reply, exc)
         item.arrays = None
         code = exc.code if isinstance(exc, ZooServingError) else "server"
         self.stats.failed += 1
@@ -423,6 +468,16 @@ class Worker:
         record_log.warning(
             "record failed uri=%s code=%s: %s", item.uri.decode("utf-8", "replace"), code, exc
         )
+
+    # -------------------------------------------------------------- metrics
+
+    def _observe_batch(self, batch: list[Item]) -> None:
+        decode_s = sum(item.decode_s for item in batch)
+        self.metrics.record_batch(len(batch), decode_s, self._infer_s, self._post_s)
+
+    def _observe_written(self, count: int, write_s: float) -> None:
+        self.stats.recent.add(count)
+        self.metrics.record_written(count, write_s)
 
     # -------------------------------------------------------------- heartbeat and control
 
@@ -450,6 +505,7 @@ class Worker:
             "ready": self.ready,
             "succeeded": self.stats.succeeded,
             "failed": self.stats.failed,
+            "served_1m": self.stats.recent.count(),  # answered in the last minute
             "started": self._started,
             "ts": time.time(),
         }
@@ -478,6 +534,26 @@ def _stop_requested(request: bytes, started: float) -> bool:
         return body.get("cmd") == "stop" and float(body.get("ts", 0)) >= started
     except (ValueError, AttributeError):
         return False
+
+
+def _model_info(model: Model) -> dict[str, Any]:
+    """Backend, inputs and outputs (name, numpy dtype, shape with -1 for a free dim)."""
+
+    def specs(items: Sequence[Any]) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": s.name,
+                "dtype": s.dtype.str,
+                "shape": [-1 if d is None else d for d in s.shape],
+            }
+            for s in items
+        ]
+
+    return {
+        "backend": model.backend,
+        "inputs": specs(model.inputs),
+        "outputs": specs(model.outputs),
+    }
 
 
 def _pad(arr: np.ndarray, size: int) -> np.ndarray:

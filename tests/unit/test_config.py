@@ -11,6 +11,7 @@ import yaml
 from zoo_serving.config import (
     Config,
     DataConfig,
+    HttpConfig,
     LogConfig,
     ModelConfig,
     ParamsConfig,
@@ -74,6 +75,7 @@ SECTIONS = {
     "log": LogConfig,
     "spark": SparkConfig,
     "ray": RayConfig,
+    "http": HttpConfig,
 }
 
 

@@ -1,0 +1,237 @@
+"""The HTTP front door, served by a real uvicorn on a free port and called with httpx: answers
+equal to ONNX Runtime's, health before and after the model is ready, and JSON errors with a
+status that fits."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import jpeg
+from helpers import assert_top_n, decoded_image, onnx_direct
+from zoo_serving.redis_server import free_port
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+NAME = "cnn"
+INFER = f"/v2/models/{NAME}/infer"
+
+
+@pytest.fixture
+def http_config(redis_url: str, stream: str, onnx_model_dir: Path, tmp_path: Path) -> Any:
+    """Config of a front door on a free port for the test's stream."""
+    return {
+        "model": {"path": str(onnx_model_dir)},
+        "data": {"src": redis_url, "stream": stream, "shape": "3,32,32"},
+        "http": {"port": free_port(), "model_name": NAME},
+        "log": {"dir": str(tmp_path / "work")},
+    }
+
+
+@pytest.fixture
+def served(serve: Callable[..., Any], onnx_model_dir: Path, http_config: Any) -> Callable[..., Any]:
+    """Start a Server whose config has http.port (the front door comes up with it); returns
+    an httpx client on it."""
+    clients: list[Any] = []
+
+    def start(**dotted: Any) -> Any:
+        server = serve(
+            onnx_model_dir,
+            **{"http.port": http_config["http"]["port"], "http.model_name": NAME, **dotted},
+        )
+        client = httpx.Client(base_url=server.http.url, timeout=30)
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def front_door(http_config: Any) -> Iterator[Any]:
+    """A front door alone, no worker yet."""
+    from zoo_serving.http import serve_http
+
+    server = serve_http(http_config)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        yield client
+    server.stop()
+
+
+def _v2(name: str, arr: np.ndarray, datatype: str = "FP32", flat: bool = False) -> dict:
+    data = arr.ravel().tolist() if flat else arr.tolist()
+    return {"name": name, "shape": list(arr.shape), "datatype": datatype, "data": data}
+
+
+def _records(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, 32, 32)).astype(np.float32)
+
+
+# ---------------------------------------------------------------- health
+
+
+def test_health_before_and_after_the_model_is_ready(
+    front_door: Any, serve: Callable[..., Any], onnx_model_dir: Path
+) -> None:
+    assert front_door.get("/v2/health/live").json() == {"live": True}
+    ready = front_door.get("/v2/health/ready")
+    assert (ready.status_code, ready.json()) == (503, {"ready": False})
+    assert front_door.get(f"/v2/models/{NAME}/ready").status_code == 503
+    assert front_door.get(f"/v2/models/{NAME}").status_code == 503
+    early = front_door.post(INFER, json={"inputs": [_v2("input", _records(1))]})
+    assert early.status_code == 503 and "not ready" in early.json()["error"]
+
+    serve(onnx_model_dir)  # the workers: load, warm up, say ready (with their next heartbeat)
+    deadline = time.monotonic() + 10
+    while (ready := front_door.get("/v2/health/ready")).status_code != 200:
+        assert time.monotonic() < deadline, "never ready"
+        time.sleep(0.05)
+    assert (ready.status_code, ready.json()) == (200, {"ready": True})
+    model_ready = front_door.get(f"/v2/models/{NAME}/ready")
+    assert (model_ready.status_code, model_ready.json()) == (200, {"name": NAME, "ready": True})
+    meta = front_door.get(f"/v2/models/{NAME}").json()
+    assert meta["name"] == NAME and meta["platform"] == "onnx"
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 32, 32]}]
+    assert meta["outputs"] == [{"name": "prob", "datatype": "FP32", "shape": [-1, 10]}]
+    missing = front_door.get("/v2/models/resnet/ready")
+    assert missing.status_code == 404 and "cnn" in missing.json()["error"]
+    assert front_door.get("/v2").json()["name"] == "zoo_serving"
+
+
+# ---------------------------------------------------------------- answers
+
+
+def test_v2_infer_equals_onnxruntime(served: Callable[..., Any], onnx_model_dir: Path) -> None:
+    client = served(**{"params.top_n": 0})
+    batch = _records(3, seed=1)
+    expected = onnx_direct(onnx_model_dir, batch)
+
+    reply = client.post(INFER, json={"id": "req-1", "inputs": [_v2("input", batch)]})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert (body["model_name"], body["id"]) == (NAME, "req-1")
+    (out,) = body["outputs"]
+    assert (out["name"], out["datatype"], out["shape"]) == ("prob", "FP32", [3, 10])
+    np.testing.assert_allclose(np.reshape(out["data"], (3, 10)), expected, rtol=0, atol=1e-5)
+
+    # one record without a batch dimension, flat data
+    single = client.post(INFER, json={"inputs": [_v2("input", batch[1], flat=True)]}).json()
+    (out,) = single["outputs"]
+    assert out["shape"] == [10]
+    np.testing.assert_allclose(out["data"], expected[1], rtol=0, atol=1e-5)
+
+
+def test_v2_top_n_is_an_output_of_index_probability_pairs(
+    served: Callable[..., Any], onnx_model_dir: Path
+) -> None:
+    client = served(**{"params.top_n": 3})
+    batch = _records(2, seed=2)
+    reply = client.post(INFER, json={"inputs": [_v2("input", batch)]})
+    (out,) = reply.json()["outputs"]
+    assert (out["name"], out["datatype"], out["shape"]) == ("topn", "FP32", [2, 3, 2])
+    pairs = np.reshape(out["data"], (2, 3, 2))
+    for row, scores in zip(pairs, onnx_direct(onnx_model_dir, batch)):
+        assert_top_n([(int(i), p) for i, p in row], scores, 3)
+
+
+def test_predict_instances_as_cluster_serving(
+    served: Callable[..., Any], onnx_model_dir: Path
+) -> None:
+    client = served(**{"params.top_n": 0})
+    tensor = _records(1, seed=3)[0]
+    image = jpeg(31)
+    body = {"instances": [{"t": tensor.tolist()}, {"t": base64.b64encode(image).decode()}]}
+    reply = client.post("/predict", content=json.dumps(body))
+    assert reply.status_code == 200, reply.text
+    expected = onnx_direct(onnx_model_dir, np.stack([tensor, decoded_image(image)]))
+    predictions = reply.json()["predictions"]
+    assert len(predictions) == 2
+    for text, want in zip(predictions, expected):
+        # how the original client's http_json_to_ndarray reads a prediction
+        value = json.loads(json.loads(text)["value"])
+        got = np.array(value["data"]).reshape(value["shape"])
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_bad_requests_are_400_with_a_message(served: Callable[..., Any]) -> None:
+    client = served(**{"params.top_n": 0})
+    record = _records(1)
+
+    def infer(inputs: Any) -> Any:
+        return client.post(INFER, json={"inputs": inputs})
+
+    malformed = client.post(INFER, content=b'{"inputs": [')
+    assert malformed.status_code == 400
+    assert "not valid JSON" in malformed.json()["error"]
+
+    small = np.zeros((1, 3, 16, 16), np.float32)
+    wrong_shape = infer([_v2("input", small)])
+    assert wrong_shape.status_code == 400
+    assert wrong_shape.json()["code"] == "bad_shape"
+    assert "(3, 16, 16)" in wrong_shape.json()["error"]
+
+    count = infer([{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [1.0]}])
+    assert count.status_code == 400
+    assert "holds 3072 values, but 'data' has 1" in count.json()["error"]
+
+    unknown = infer([_v2("input", record, datatype="FP99")])
+    assert unknown.status_code == 400 and "FP99" in unknown.json()["error"]
+
+    wider = infer([_v2("input", record.astype(np.float64), datatype="FP64")])
+    assert wider.status_code == 400
+    assert wider.json()["code"] == "bad_dtype" and "float64" in wider.json()["error"]
+
+    words = infer([{"name": "input", "shape": [2], "datatype": "FP32", "data": ["a", "b"]}])
+    assert words.status_code == 400 and "expected numbers" in words.json()["error"]
+
+    predict = client.post("/predict", json={"instances": 3})
+    assert predict.status_code == 400 and "instances" in predict.json()["error"]
+
+    ragged = client.post("/predict", json={"instances": [{"t": [[1, 2], [3]]}]})
+    assert ragged.status_code == 400 and "ragged" in ragged.json()["error"]
+
+
+def test_no_answer_in_time_is_a_504_and_a_full_stream_a_503(
+    http_config: Any, redis_client: Any, stream: str
+) -> None:
+    from zoo_serving import keys
+    from zoo_serving.http import serve_http
+
+    # a worker that said ready and then hung: its records are never answered
+    redis_client.set(keys.ready(stream), "hung-worker")
+    http_config["http"]["timeout_s"] = 0.3
+    front = serve_http(http_config)
+    try:
+        with httpx.Client(base_url=front.url, timeout=30) as client:
+            late = client.post(INFER, json={"inputs": [_v2("input", _records(1))]})
+            assert late.status_code == 504, late.text
+            assert late.json()["code"] == "timeout" and "http.timeout_s" in late.json()["error"]
+
+            redis_client.set(keys.max_len(stream), 1)  # data.max_queue_len: 1, and one waits
+            full = client.post(INFER, json={"inputs": [_v2("input", _records(1))]})
+            assert full.status_code == 503, full.text
+            assert full.json()["code"] == "queue_full"
+    finally:
+        front.stop()
+
+
+def test_a_taken_port_is_a_clear_error(front_door: Any, http_config: Any) -> None:
+    from zoo_serving.errors import ServerError
+    from zoo_serving.http import serve_http
+
+    with pytest.raises(ServerError, match="cannot listen on .*; set http.port"):
+        serve_http(http_config)  # the front door fixture holds that port
+    assert front_door.get("/v2/health/live").status_code == 200
