@@ -29,9 +29,10 @@ SOAK_S = float(os.environ.get("ZOO_SOAK_S", "0"))
 WINDOW_S = min(60.0, SOAK_S / 4)  # p99 over the first and the last minute
 SHAPE = (3, 32, 32)
 
-pytestmark = pytest.mark.skipif(
-    SOAK_S <= 0, reason="soak runs only when asked: ZOO_SOAK_S=600 (make soak)"
-)
+pytestmark = [
+    pytest.mark.skipif(SOAK_S <= 0, reason="soak runs only when asked: ZOO_SOAK_S=600 (make soak)"),
+    pytest.mark.timeout(SOAK_S + 600),  # the suite's default per-test timeout is far shorter
+]
 
 
 def _build_model(path: Path) -> None:
