@@ -139,15 +139,16 @@ class ManagedRedis:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop redis-server (SIGTERM, then SIGKILL after ``timeout_s``)."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stderr:  # also when it had died already: the pipe is ours to close
             proc.stderr.close()
         log.info("embedded redis-server on port %d stopped", self.port)
 
