@@ -72,10 +72,10 @@ def test_redis_restart_mid_load_loses_nothing(onnx_model_dir, tmp_path) -> None:
         "params": {"batch_size": 8, "top_n": 3},
         "log": {"dir": str(tmp_path / "work")},
     }
+    with InputQueue(url=url, name="restart") as client:  # all queued before serving starts
+        client.enqueue_many((f"r{i}", {"t": xs[i % 30]}) for i in range(n))
     server = Server(config).start()
     try:
-        with InputQueue(url=url, name="restart") as client:
-            client.enqueue_many((f"r{i}", {"t": xs[i % 30]}) for i in range(n))
         probe = redis_lib.Redis.from_url(url)
         deadline = time.monotonic() + 30
         while probe.llen(keys.finished("restart")) < 200:

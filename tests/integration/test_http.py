@@ -212,6 +212,7 @@ def test_no_answer_in_time_is_a_504_and_a_full_stream_a_503(
 
     # a worker that said ready and then hung: its records are never answered
     redis_client.set(keys.ready(stream), "hung-worker")
+    redis_client.set(keys.max_len(stream), 1)  # data.max_queue_len: 1, published before clients
     http_config["http"]["timeout_s"] = 0.3
     front = serve_http(http_config)
     try:
@@ -220,7 +221,6 @@ def test_no_answer_in_time_is_a_504_and_a_full_stream_a_503(
             assert late.status_code == 504, late.text
             assert late.json()["code"] == "timeout" and "http.timeout_s" in late.json()["error"]
 
-            redis_client.set(keys.max_len(stream), 1)  # data.max_queue_len: 1, and one waits
             full = client.post(INFER, json={"inputs": [_v2("input", _records(1))]})
             assert full.status_code == 503, full.text
             assert full.json()["code"] == "queue_full"
