@@ -7,8 +7,10 @@ ONNX Runtime run directly on the same input.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -102,24 +104,30 @@ def draw_images(folder: Path) -> list[Path]:
     return paths
 
 
-def direct_top_n(model_path: Path, image: bytes, n: int) -> list[list[float]]:
-    """Top-n of ONNX Runtime run directly on the image, preprocessed as the server does."""
-    import onnxruntime as ort
-
+def direct_top_n(session: Any, image: bytes, n: int) -> list[list[float]]:
+    """Top-n of an ONNX Runtime ``session`` run directly on the image, preprocessed as the
+    server does."""
     from .backends.base import TensorSpec
     from .preprocess import Preprocessor
     from .protocol import RawInput
 
     spec = TensorSpec("input", np.dtype(np.float32), (None, 3, SIZE, SIZE))
     x = Preprocessor([spec], (3, SIZE, SIZE)).decode(RawInput("input", "image", image), spec)
-    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    prob = sess.run(None, {"input": x[None]})[0][0]
+    prob = session.run(None, {"input": x[None]})[0][0]
     order = np.argsort(-prob, kind="stable")[:n]
     return [[int(i), float(prob[i])] for i in order]
 
 
-def run_demo(images: list[str], work_dir: str | None = None, top_n: int = 3) -> int:
-    """Serve the demo model and print the top-N of each image; 0 when every answer matched."""
+def run_demo(
+    images: list[str], work_dir: str | None = None, top_n: int = 3, out: TextIO | None = None
+) -> int:
+    """Serve the demo model and write the top-N of each image to ``out`` (stdout); 0 when
+    every answer matched."""
+    import onnxruntime as ort
+
+    def say(line: str) -> None:
+        (out or sys.stdout).write(line + "\n")
+
     root = Path(work_dir or tempfile.mkdtemp(prefix="zoo-serving-demo-"))
     model_path = build_demo_model(root / "model" / "demo.onnx")
     paths = [Path(p) for p in images] or draw_images(root / "images")
@@ -129,23 +137,24 @@ def run_demo(images: list[str], work_dir: str | None = None, top_n: int = 3) -> 
         "params": {"batch_size": 4, "top_n": top_n},
         "log": {"dir": str(root / "work")},
     }
-    print(f"serving {model_path} (a tiny colour classifier)")
+    say(f"serving {model_path} (a tiny colour classifier)")
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     mismatches = 0
     with Server(config) as server:
-        where = "embedded redis-server" if server.embedded else "redis"
-        print(f"server ready on {where} at {server.url}, stream demo_stream")
+        embedded = server.embedded is not None
+        where = "embedded redis-server" if embedded else "redis"
+        say(f"server ready on {where} at {server.url}, stream demo_stream")
         with InputQueue(url=server.url, name="demo_stream") as client:
             for path in paths:
                 data = path.read_bytes()
                 served = client.predict(data, timeout=30)
-                direct = direct_top_n(model_path, data, top_n)
+                direct = direct_top_n(session, data, top_n)
                 same = [i for i, _ in served] == [i for i, _ in direct] and np.allclose(
                     [p for _, p in served], [p for _, p in direct], atol=1e-5
                 )
                 mismatches += not same
                 answer = ", ".join(f"{LABELS[i]} ({i}) {p:.3f}" for i, p in served)
-                print(
-                    f"{path.name}: {answer}  [{'matches' if same else 'DIFFERS FROM'} onnxruntime]"
-                )
-    print("server stopped" + (", embedded redis-server stopped" if where.startswith("emb") else ""))
+                verdict = "matches" if same else "DIFFERS FROM"
+                say(f"{path.name}: {answer}  [{verdict} onnxruntime]")
+    say("server stopped" + (", embedded redis-server stopped" if embedded else ""))
     return 1 if mismatches else 0

@@ -304,15 +304,9 @@ class Worker:
             f"record delivered {item.entry.deliveries} times, more than params.max_deliveries="
             f"{limit} (its workers died or stalled); moved to the dead-letter stream {dead}"
         )
-        backoff = 0.1
-        while True:  # the copy must exist before the record is acknowledged
-            try:
-                self.queue.dead_letter(item.entry, str(exc))
-                break
-            except Exception as err:
-                log.warning("dead-lettering failed: %s; retrying in %.1fs", err, backoff)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
+        queue = self.queue
+        # the copy must exist before the record is acknowledged
+        _until_done(lambda: queue.dead_letter(item.entry, str(exc)), "dead-lettering a record")
         self._fail(item, exc)
 
     @staticmethod
@@ -447,17 +441,9 @@ class Worker:
     def _write(self, items: list[Item]) -> None:
         assert self.queue is not None
         done = [(i.entry, i.uri, i.result or b"", i.reply) for i in items]
-        backoff = 0.1
-        while True:
-            try:
-                self.queue.complete(done)
-                return
-            except Exception as exc:  # keep the results until Redis takes them
-                log.warning(
-                    "writing %d results failed: %s; retrying in %.1fs", len(done), exc, backoff
-                )
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
+        queue = self.queue
+        # keep the results until Redis takes them
+        _until_done(lambda: queue.complete(done), f"writing {len(done)} results")
 
     def _fail(self, item: Item, exc: BaseException) -> None:
         item.result = protocol_zoo.encode_failure(item.reply, exc)
@@ -559,3 +545,16 @@ def _model_info(model: Model) -> dict[str, Any]:
 def _pad(arr: np.ndarray, size: int) -> np.ndarray:
     pad = np.zeros((size - arr.shape[0], *arr.shape[1:]), dtype=arr.dtype)
     return np.concatenate([arr, pad])
+
+
+def _until_done(step: Any, what: str) -> None:
+    """Run ``step`` until it succeeds, backing off (0.1 s doubling to 1 s) while Redis is away."""
+    backoff = 0.1
+    while True:
+        try:
+            step()
+            return
+        except Exception as exc:
+            log.warning("%s failed: %s; retrying in %.1fs", what, exc, backoff)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
