@@ -32,7 +32,7 @@ from . import keys, protocol, protocol_zoo
 from .backends import Model, ModelOptions, load_model
 from .config import Config, load_config
 from .errors import DeadlineExceededError, InferenceError, ServerError, ZooServingError
-from .metrics import Metrics, RateWindow
+from .metrics import STAGES, Metrics, RateWindow
 from .postprocess import postprocess
 from .preprocess import Preprocessor
 from .queue import Entry, Queue, RedisStreamQueue, connect, consumer_name
@@ -56,6 +56,7 @@ class Item:
     deadline_ms: int | None = None
     reply: str = protocol_zoo.NATIVE  # the record's protocol: where and how its result goes
     decode_s: float = 0.0  # seconds the reader spent decoding it
+    answered_at: float = 0.0  # perf_counter() when its result was ready to write
 
 
 @dataclass
@@ -67,6 +68,14 @@ class WorkerStats:
     batches: int = 0
     failures_by_code: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     recent: RateWindow = field(default_factory=RateWindow)  # records answered, last minute
+    # where the time of records that reached the model went: seconds summed over records
+    # (a batch's inference and postprocess count once per record in it); see STAGES
+    timed: int = 0
+    stage_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    def stages(self) -> dict[str, float | int]:
+        """The stage sums and how many records they are over, as published in heartbeats."""
+        return {"records": self.timed, **{k: round(v, 6) for k, v in self.stage_s.items()}}
 
 
 def model_options(config: Config) -> ModelOptions:
@@ -344,8 +353,9 @@ class Worker:
                     break
                 batch.append(item)
             self._infer_s = self._post_s = 0.0
+            started = time.time()
             self._serve_batch(batch)
-            self._observe_batch(batch)
+            self._observe_batch(batch, started)
             for item in batch:
                 to_write.put(item)
 
@@ -436,7 +446,7 @@ class Worker:
                 pending.append(nxt)
             started = time.perf_counter()
             self._write(pending)
-            self._observe_written(len(pending), time.perf_counter() - started)
+            self._observe_written(pending, time.perf_counter() - started)
 
     def _write(self, items: list[Item]) -> None:
         assert self.queue is not None
@@ -457,13 +467,31 @@ class Worker:
 
     # -------------------------------------------------------------- metrics
 
-    def _observe_batch(self, batch: list[Item]) -> None:
-        decode_s = sum(item.decode_s for item in batch)
-        self.metrics.record_batch(len(batch), decode_s, self._infer_s, self._post_s)
+    def _observe_batch(self, batch: list[Item], started: float) -> None:
+        """Stage sums of a batch that began at wall time ``started``: queue wait is from the
+        record's XADD (its id) to the batch, less its decode."""
+        decode_s = queued_s = 0.0
+        for item in batch:
+            decode_s += item.decode_s
+            queued_s += max(started - _added_at(item.entry.id) - item.decode_s, 0.0)
+        n = len(batch)
+        stage = self.stats.stage_s
+        stage["queue_wait"] += queued_s
+        stage["decode"] += decode_s
+        stage["inference"] += self._infer_s * n
+        stage["postprocess"] += self._post_s * n
+        self.stats.timed += n
+        answered = time.perf_counter()
+        for item in batch:
+            item.answered_at = answered
+        self.metrics.record_batch(n, decode_s, self._infer_s, self._post_s)
 
-    def _observe_written(self, count: int, write_s: float) -> None:
-        self.stats.recent.add(count)
-        self.metrics.record_written(count, write_s)
+    def _observe_written(self, items: list[Item], write_s: float) -> None:
+        written = time.perf_counter()
+        # records failed before batching were never timed
+        self.stats.stage_s["write"] += sum(written - i.answered_at for i in items if i.answered_at)
+        self.stats.recent.add(len(items))
+        self.metrics.record_written(len(items), write_s)
 
     # -------------------------------------------------------------- heartbeat and control
 
@@ -492,6 +520,8 @@ class Worker:
             "succeeded": self.stats.succeeded,
             "failed": self.stats.failed,
             "served_1m": self.stats.recent.count(),  # answered in the last minute
+            "batches": self.stats.batches,
+            "stages": self.stats.stages(),
             "started": self._started,
             "ts": time.time(),
         }
@@ -540,6 +570,14 @@ def _model_info(model: Model) -> dict[str, Any]:
         "inputs": specs(model.inputs),
         "outputs": specs(model.outputs),
     }
+
+
+def _added_at(entry_id: bytes) -> float:
+    """When Redis added an entry (wall-clock seconds), read from its stream id."""
+    try:
+        return int(entry_id.split(b"-", 1)[0]) / 1000.0
+    except ValueError:
+        return time.time()
 
 
 def _pad(arr: np.ndarray, size: int) -> np.ndarray:
