@@ -208,6 +208,7 @@ class InputQueue(_RedisUser):
     """
 
     def __init__(self, *args: Any, wait_if_full_s: float = 0.0, **kwargs: Any) -> None:
+        kwargs.setdefault("zero_copy", True)  # tensors go from the arrays to the socket
         super().__init__(*args, **kwargs)
         self.wait_if_full_s = wait_if_full_s
         self._add = self.db.register_script(_ENQUEUE_LUA)
@@ -296,7 +297,7 @@ class InputQueue(_RedisUser):
 
     def _fields(self, uri: str, inputs: Mapping[str, Any], deadline_s: float | None) -> Any:
         deadline_ms = None if deadline_s is None else int((time.time() + deadline_s) * 1000)
-        return protocol.encode_request(uri, _named(inputs), deadline_ms)
+        return protocol.encode_request(uri, _named(inputs), deadline_ms, views=True)
 
     def predict(self, inputs: Any, timeout: float = 30.0) -> Any:
         """Send one record and wait for its result; ``timeout`` bounds the total wait.

@@ -38,6 +38,7 @@ P_TENSOR = b"tensor:"
 P_DTYPE = b"dtype:"
 P_SHAPE = b"shape:"
 P_IMAGE = b"image:"
+VIEW_MIN_BYTES = 64 * 1024  # a tensor below this is copied: cheaper than a send of its own
 
 InputValue = Union[np.ndarray, bytes, bytearray, memoryview]  # noqa: UP007 - runtime alias
 
@@ -66,9 +67,18 @@ class Request:
 
 
 def encode_request(
-    uri: str | bytes, inputs: Mapping[str, Any], deadline_ms: int | None = None
-) -> dict[bytes, bytes]:
-    """Stream fields for one record: an ndarray is a tensor, bytes are an encoded image."""
+    uri: str | bytes,
+    inputs: Mapping[str, Any],
+    deadline_ms: int | None = None,
+    *,
+    views: bool = False,
+) -> dict[bytes, Any]:
+    """Stream fields for one record: an ndarray is a tensor, bytes are an encoded image.
+
+    With ``views``, a large C-contiguous tensor goes as a memoryview of the array's own
+    buffer instead of a copy: for senders that write the fields out before the caller can
+    change the array (see :func:`zoo_serving.queue.connect`'s ``zero_copy``).
+    """
     if not inputs:
         raise MissingInputError("a record needs at least one input, got none")
     fields: dict[bytes, bytes] = {
@@ -84,7 +94,7 @@ def encode_request(
                     "send a numeric or bool array"
                 )
             arr = value  # tobytes() is C order whatever the layout; 0-d stays 0-d
-            fields[P_TENSOR + key] = arr.tobytes()
+            fields[P_TENSOR + key] = _tensor_bytes(arr, views)
             fields[P_DTYPE + key] = arr.dtype.str.encode()
             fields[P_SHAPE + key] = ",".join(str(d) for d in arr.shape).encode()
         elif isinstance(value, (bytes, bytearray, memoryview)):
@@ -97,6 +107,17 @@ def encode_request(
     if deadline_ms is not None:
         fields[F_DEADLINE] = str(int(deadline_ms)).encode()
     return fields
+
+
+def _tensor_bytes(arr: np.ndarray, view: bool) -> bytes | memoryview:
+    """The array's bytes in C order: a view of its buffer where asked and worth it, else a
+    copy."""
+    if view and arr.nbytes >= VIEW_MIN_BYTES and arr.flags.c_contiguous:
+        try:
+            return memoryview(arr.reshape(-1)).cast("B")
+        except (TypeError, ValueError):  # a dtype without the buffer protocol (datetime64)
+            pass
+    return arr.tobytes()
 
 
 def _parse_shape(name: str, text: bytes) -> tuple[int, ...]:

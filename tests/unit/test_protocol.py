@@ -13,6 +13,7 @@ from hypothesis.extra import numpy as hnp
 from zoo_serving import errors
 from zoo_serving.errors import DecodeError, InputError, MissingInputError, ZooServingError
 from zoo_serving.protocol import (
+    VIEW_MIN_BYTES,
     RawInput,
     Request,
     decode_request,
@@ -81,6 +82,24 @@ def test_non_contiguous_tensor_is_sent_in_c_order() -> None:
     assert not arr.flags.c_contiguous
     req = decode_request(encode_request("u", {"x": arr}))
     _assert_bit_exact(_array(req.inputs[0]), arr)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bool", "int64", ">f8", "datetime64[s]"])
+def test_views_send_large_tensors_without_a_copy(dtype: str) -> None:
+    big = np.zeros((2, VIEW_MIN_BYTES), dtype=dtype)
+    small = np.ones(4, dtype=np.float32)
+    strided = np.zeros((4, VIEW_MIN_BYTES), dtype=np.uint8)[:, ::2]
+    fields = encode_request("u", {"big": big, "small": small, "strided": strided}, views=True)
+    sent = fields[b"tensor:big"]
+    if big.dtype.kind == "M":  # no buffer protocol: copied
+        assert isinstance(sent, bytes)
+    else:
+        assert isinstance(sent, memoryview) and np.shares_memory(np.asarray(sent), big)
+    assert isinstance(fields[b"tensor:small"], bytes)
+    assert isinstance(fields[b"tensor:strided"], bytes)
+    req = decode_request({k: bytes(v) for k, v in fields.items()})
+    for raw, arr in zip(req.inputs, (big, small, strided)):
+        _assert_bit_exact(_array(raw), arr)
 
 
 def test_image_request_keeps_bytes() -> None:
