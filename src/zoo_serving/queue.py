@@ -134,10 +134,11 @@ def connect(
     data = data or DataConfig()
     target = url or redis_url(data)
     options: dict[str, Any] = {
-        "socket_keepalive": True,
         "health_check_interval": 30,
         "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 0),  # the first check fails fast
     }
+    if not target.startswith("unix://"):
+        options["socket_keepalive"] = True  # TCP only: a unix socket has no keepalive
     if data.password and not urlsplit(target).password:
         options["password"] = data.password
     if data.username and not urlsplit(target).username:

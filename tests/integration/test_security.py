@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import build_onnx_cnn
 from helpers import assert_top_n, onnx_direct
 from zoo_serving import BrokerConnectionError, InputQueue, OutputQueue, Server, keys
+from zoo_serving.protocol import VIEW_MIN_BYTES
 from zoo_serving.redis_server import find_redis_server, free_port, port_answers
 
 PASSWORD = "s3cret-Pw-7f2c"
@@ -410,3 +412,27 @@ def test_tls_server_authentication_only(
             assert queue.db.exists(keys.ready(stream))
         with pytest.raises(BrokerConnectionError):
             InputQueue(url=f"rediss://127.0.0.1:{port}", name=stream)
+
+
+# ------------------------------------------------------------------ unix socket
+
+
+def test_serves_over_a_unix_socket(
+    start_redis: Callable[..., int], tmp_path: Path, stream: str
+) -> None:
+    """``data.src: unix:///path`` works for the server and the clients, with a password; the
+    records are large enough (108 KB) to go from the arrays' buffers straight to the socket."""
+    model_dir = tmp_path / "cnn96"
+    build_onnx_cnn(model_dir / "model.onnx", size=96)
+    sock = tmp_path / "redis.sock"
+    start_redis("--unixsocket", str(sock), "--unixsocketperm", "700", "--requirepass", PASSWORD)
+    url = f"unix://{sock}"
+    config = _server_config(model_dir, tmp_path, src=url, stream=stream, password=PASSWORD)
+    xs = np.random.default_rng(7).normal(0, 50, (5, 3, 96, 96)).astype(np.float32)
+    assert xs[0].nbytes >= VIEW_MIN_BYTES
+    with _serving(config), InputQueue(url=url, name=stream, password=PASSWORD) as queue:
+        served = queue.predict(list(xs), timeout=20)
+        served.append(queue.predict(xs[0], timeout=20))
+    expected = onnx_direct(model_dir, np.concatenate([xs, xs[:1]]))
+    for answer, scores in zip(served, expected, strict=True):
+        assert_top_n(answer, scores, 3)
