@@ -84,3 +84,23 @@ def test_serve_blocks_until_a_stop_request(onnx_model_dir, redis_url, stream, tm
         assert not client.is_ready()
     log_text = (tmp_path / "error.log").read_text()
     assert "server ready" in log_text and "server stopped" in log_text
+
+
+def test_threads_workers_divide_the_cores(onnx_model_dir, redis_url, stream, tmp_path) -> None:
+    """Two threads workers with ``params.threads: 0`` get half the cores each, and serve."""
+    import os
+
+    config = {
+        "model": {"path": str(onnx_model_dir)},
+        "data": {"src": redis_url, "stream": stream},
+        "params": {"workers": 2, "threads": 0},
+        "log": {"dir": str(tmp_path)},
+    }
+    with Server(config) as server, InputQueue(url=redis_url, name=stream) as client:
+        threads = [w.config.params.threads for w in server.runner._workers]
+        assert threads == [max(1, (os.cpu_count() or 1) // 2)] * 2
+        xs = np.random.default_rng(3).normal(0, 50, (6, 3, 32, 32)).astype(np.float32)
+        for answer, scores in zip(
+            client.predict(list(xs), timeout=30), onnx_direct(onnx_model_dir, xs)
+        ):
+            assert_top_n(answer, scores, 1)

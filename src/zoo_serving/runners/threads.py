@@ -9,13 +9,18 @@ import time
 from ..config import Config
 from ..worker import Worker, WorkerStats
 from .base import Runner
+from .remote import worker_threads
 
 log = logging.getLogger(__name__)
 
 
 class ThreadsRunner(Runner):
     """``params.workers`` workers, each a thread running :meth:`Worker.run` (which itself
-    overlaps reading, inference and writing in threads)."""
+    overlaps reading, inference and writing in threads).
+
+    With ``params.threads: 0`` the cores are divided between the workers' frameworks, as
+    the other runners do: two sessions that each take every core only fight over them.
+    """
 
     name = "threads"
 
@@ -28,8 +33,11 @@ class ThreadsRunner(Runner):
 
     def _start(self) -> None:
         self._stop_event.clear()
+        config = self.config
+        if self.workers > 1:  # one worker keeps its framework's own default
+            config = config.replace(**{"params.threads": worker_threads(config)})
         for _ in range(self.workers):
-            worker = Worker(self.config, metrics=self.metrics)
+            worker = Worker(config, metrics=self.metrics)
             self._workers.append(worker)
             thread = threading.Thread(
                 target=self._run, args=(worker,), name=worker.name, daemon=True
