@@ -81,7 +81,7 @@ def encode_request(
     """
     if not inputs:
         raise MissingInputError("a record needs at least one input, got none")
-    fields: dict[bytes, bytes] = {
+    fields: dict[bytes, Any] = {
         F_URI: uri if isinstance(uri, bytes) else str(uri).encode("utf-8"),
         F_VERSION: VERSION,
     }
@@ -114,7 +114,7 @@ def _tensor_bytes(arr: np.ndarray, view: bool) -> bytes | memoryview:
     copy."""
     if view and arr.nbytes >= VIEW_MIN_BYTES and arr.flags.c_contiguous:
         try:
-            return memoryview(arr.reshape(-1)).cast("B")
+            return memoryview(arr.reshape(-1)).cast("B")  # type: ignore[arg-type]
         except (TypeError, ValueError):  # a dtype without the buffer protocol (datetime64)
             pass
     return arr.tobytes()
