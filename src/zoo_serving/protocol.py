@@ -195,14 +195,21 @@ def _field_name(key: bytes, prefix: bytes) -> str:
 
 
 def encode_topn(pairs: list[tuple[int, float]]) -> bytes:
-    """A top-N result: ``[[class_index, probability], ...]``, best first."""
-    value = [[int(i), _json_float(p)] for i, p in pairs]
-    return json.dumps({"v": 1, "kind": "topn", "value": value}, separators=(",", ":")).encode()
+    """A top-N result: ``[[class_index, probability], ...]``, best first.
+
+    The same bytes as ``json.dumps`` of ``{"v": 1, "kind": "topn", "value": pairs}`` with
+    compact separators, written out directly: a server answering 10,000 records a second
+    spends too long in the generic encoder.
+    """
+    body = ",".join([f"[{int(i)},{_json_float(p)}]" for i, p in pairs])
+    return f'{{"v":1,"kind":"topn","value":[{body}]}}'.encode()
 
 
-def _json_float(x: float) -> float | str:
+def _json_float(x: float) -> str:
+    """``x`` as JSON writes it (``float.__repr__``); NaN and infinities, which JSON lacks,
+    as readable strings."""
     x = float(x)
-    return x if math.isfinite(x) else str(x)  # JSON has no NaN/inf; keep them readable
+    return repr(x) if math.isfinite(x) else f'"{x}"'
 
 
 def encode_tensors(outputs: Mapping[str, np.ndarray]) -> bytes:
