@@ -1,4 +1,4 @@
-"""``zoo-serve``: init, start, stop, restart, status, log, demo."""
+"""``zoo-serve``: init, start, stop, restart, status, log, convert, demo, bench."""
 
 from __future__ import annotations
 
@@ -353,6 +353,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.images, work_dir=args.work_dir, top_n=args.top_n)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench_cli import run
+
+    return run(args, _load(args))
+
+
 # ------------------------------------------------------------------ parser
 
 
@@ -414,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default=None, help="where the demo model and config go")
     p.add_argument("--top-n", type=int, default=3, help="classes per answer")
     p.set_defaults(func=cmd_demo)
+
+    p = with_config(sub.add_parser("bench", help="drive load against the running server"))
+    from .bench_cli import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
