@@ -354,7 +354,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench_cli import run
+    from .bench.cli import run
 
     return run(args, _load(args))
 
@@ -422,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = with_config(sub.add_parser("bench", help="drive load against the running server"))
-    from .bench_cli import add_arguments
+    from .bench.cli import add_arguments
 
     add_arguments(p)
     p.set_defaults(func=cmd_bench)

@@ -16,8 +16,8 @@ from conftest import env_without_coverage, jpeg
 from helpers import assert_top_n, onnx_direct
 from zoo_serving import cli
 from zoo_serving.bench import LoadPoint, closed_loop, open_loop
-from zoo_serving.bench_inputs import image_inputs, npy_inputs, random_inputs
-from zoo_serving.bench_server import STAGES, stage_split
+from zoo_serving.bench.inputs import image_inputs, npy_inputs, random_inputs
+from zoo_serving.bench.server import STAGES, stage_split
 from zoo_serving.errors import ConfigError, ServerError
 from zoo_serving.redis_server import free_port
 

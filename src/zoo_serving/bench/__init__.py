@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from .bench_driver import Job, Outcome
-from .bench_pool import Processes, Threads
-from .bench_server import beats_after, connect_checked, read_beats, resolve_target, stage_split
-from .errors import ConfigError
+from ..errors import ConfigError
+from .driver import Job, Outcome
+from .pool import Processes, Threads
+from .server import beats_after, connect_checked, read_beats, resolve_target, stage_split
 
 __all__ = ["LoadPoint", "closed_loop", "open_loop"]
 
@@ -258,7 +258,7 @@ def _watch(
     runner: Threads | Processes, db: Any, stream: str, settings: _Settings
 ) -> tuple[list[Outcome], dict[str, dict[str, Any]]]:
     """Start the jobs, draw progress, read the heartbeats as the window opens; the outcomes."""
-    from .progress import ProgressBar
+    from ..progress import ProgressBar
 
     if settings.duration_s is None:  # measured by count
         total, unit = settings.records or 0, "records"

@@ -9,10 +9,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import keys
-from .config import Config, DataConfig
-from .errors import ServerError
-from .metrics import STAGES
+from .. import keys
+from ..config import Config, DataConfig
+from ..errors import ServerError
+from ..metrics import STAGES
 
 BEAT_WAIT_S = 2.5  # longest wait for every worker's next heartbeat (they beat every second)
 BEAT_STALE_S = 5.0  # a heartbeat this old is a worker that is gone
@@ -24,14 +24,14 @@ def resolve_target(target: Any) -> tuple[DataConfig, str | None]:
         return DataConfig(), target
     if isinstance(target, Config):
         return target.data, None
-    from .client import _data_config
+    from ..client import _data_config
 
     return _data_config(target), None
 
 
 def connect_checked(data: DataConfig, url: str | None, stream: str) -> Any:
     """A connection to the server's Redis; raises ServerError unless a worker is ready."""
-    from .queue import connect, redis_url
+    from ..queue import connect, redis_url
 
     db = connect(data, url=url, socket_timeout=None, socket_connect_timeout=5.0)
     if not db.exists(keys.ready(stream)):
@@ -47,7 +47,7 @@ def connect_checked(data: DataConfig, url: str | None, stream: str) -> Any:
 
 def safe_url(url: str) -> str:
     """The URL without its password."""
-    from .queue import _safe
+    from ..queue import _safe
 
     return _safe(url)
 

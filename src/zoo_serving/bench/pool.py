@@ -7,8 +7,8 @@ import threading
 import time
 from typing import Any
 
-from .bench_driver import Driver, Job, Outcome, child_main
-from .errors import ServerError
+from ..errors import ServerError
+from .driver import Driver, Job, Outcome, child_main
 
 START_DELAY_S = 0.05  # between "go" and the first record, so every job starts together
 SPAWN_TIMEOUT_S = 60.0  # longest a spawned load process may take to connect

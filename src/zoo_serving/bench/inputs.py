@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, ServerError
+from ..errors import ConfigError, ServerError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 RANDOM_RECORDS = 8  # distinct random records a run cycles through

@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .bench import LoadPoint
-from .bench_server import STAGES
-from .errors import MissingDependencyError
+from ..errors import MissingDependencyError
+from . import LoadPoint
+from .server import STAGES
 
 _STAGE_HEADS = {
     "queue_wait": "queue",

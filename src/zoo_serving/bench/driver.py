@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from . import keys, protocol
-from .config import DataConfig
-from .errors import BrokerConnectionError, ServerError, ZooServingError
+from .. import keys, protocol
+from ..config import DataConfig
+from ..errors import BrokerConnectionError, ServerError, ZooServingError
 
 WINDOW = 128  # most result keys looked at in one round trip
 MARGIN = 16  # keys looked at past the newest result the last round found
@@ -108,7 +108,7 @@ class Driver:
 
     def prepare(self) -> Driver:
         """Connect, and encode every input once (a record's uri and deadline change per send)."""
-        from .queue import connect
+        from ..queue import connect
 
         job = self.job
         self.db = connect(job.data, url=job.url, socket_timeout=None, socket_connect_timeout=5.0)
@@ -137,7 +137,7 @@ class Driver:
         try:
             return self._loop()
         except redis.exceptions.RedisError as exc:
-            from .queue import _safe, redis_url
+            from ..queue import _safe, redis_url
 
             where = _safe(job.url or redis_url(job.data))
             raise BrokerConnectionError(

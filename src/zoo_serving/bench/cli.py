@@ -9,12 +9,12 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from .bench import LoadPoint, closed_loop, open_loop
-from .bench_inputs import image_inputs, npy_inputs, random_inputs
-from .bench_report import failed, format_table, notes, write_json, write_plot
-from .bench_server import connect_checked, model_info, safe_url
-from .config import Config
-from .errors import ConfigError
+from ..config import Config
+from ..errors import ConfigError
+from . import LoadPoint, closed_loop, open_loop
+from .inputs import image_inputs, npy_inputs, random_inputs
+from .report import failed, format_table, notes, write_json, write_plot
+from .server import connect_checked, model_info, safe_url
 
 DEFAULT_CLIENTS = (1, 8, 32)
 T = TypeVar("T", int, float)
@@ -136,8 +136,8 @@ def _inputs(
 def _meta(
     args: argparse.Namespace, cfg: Config, info: dict[str, Any] | None, kind: str, count: int
 ) -> dict[str, Any]:
-    from . import __version__
-    from .queue import redis_url
+    from .. import __version__
+    from ..queue import redis_url
 
     params = cfg.params
     return {
