@@ -142,6 +142,26 @@ def linear_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_onnx(_linear(), (1000,), path)
 
 
+@pytest.fixture(scope="session")
+def noop_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory holding the no-op model: ONNX ``Identity`` on N x 1,000 floats (input
+    "input", output "output"), built with onnx.helper; its top-5 is the record's own."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["output"])],
+        "noop",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1000])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 1000])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    path = tmp_path_factory.mktemp("noop") / "model.onnx"
+    onnx.save(model, str(path))
+    return path.parent
+
+
 # ------------------------------------------------------------------ summary
 
 
