@@ -108,26 +108,6 @@ def zoo_closed_loop(
 # ------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="module")
-def noop_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """input float32 [N, 1000] -> Identity -> output [N, 1000], as ONNX."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["input"], ["output"])],
-        "noop",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1000])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 1000])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # readable by older ONNX Runtime releases too
-    onnx.checker.check_model(model)
-    path = tmp_path_factory.mktemp("noop") / "model.onnx"
-    onnx.save(model, str(path))
-    return path.parent
-
-
 class RayServe:
     """A local Ray (2 CPUs) with Serve started, its HTTP proxy off; apps deployed by name."""
 
