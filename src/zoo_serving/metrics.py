@@ -240,10 +240,9 @@ class Metrics:
         """One record read and decoded: its wait in the stream (from its id) and decode time."""
         if not self._prom:
             return
-        try:
-            waited_s = time.time() - int(entry_id.split(b"-", 1)[0]) / 1000.0
-        except ValueError:
-            waited_s = 0.0
+        from .queue import added_at
+
+        waited_s = time.time() - added_at(entry_id)
         self._stage["queue_wait"].observe(max(waited_s, 0.0))
         self._stage["decode"].observe(decode_s)
 

@@ -208,6 +208,18 @@ def _safe(url: str) -> str:
     return url
 
 
+def added_at(entry_id: bytes) -> float:
+    """When Redis added an entry (wall-clock seconds), read from its stream id.
+
+    The id holds whole milliseconds, cut down from the true time: the middle of that
+    millisecond is the unbiased guess (the plain value would add 0.5 ms to every wait).
+    """
+    try:
+        return (int(entry_id.split(b"-", 1)[0]) + 0.5) / 1000.0
+    except ValueError:
+        return time.time()
+
+
 def consumer_name(tag: str = "") -> str:
     """A consumer name unique to this process (and ``tag``): host-pid[-tag]."""
     name = f"{socket.gethostname()}-{os.getpid()}"

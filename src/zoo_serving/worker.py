@@ -35,7 +35,7 @@ from .errors import DeadlineExceededError, InferenceError, ServerError, ZooServi
 from .metrics import STAGES, Metrics, RateWindow
 from .postprocess import postprocess
 from .preprocess import Preprocessor
-from .queue import Entry, Queue, RedisStreamQueue, connect, consumer_name
+from .queue import Entry, Queue, RedisStreamQueue, added_at, connect, consumer_name
 
 log = logging.getLogger(__name__)
 record_log = logging.getLogger("zoo_serving.records")
@@ -487,7 +487,7 @@ class Worker:
         decode_s = queued_s = 0.0
         for item in batch:
             decode_s += item.decode_s
-            queued_s += max(started - _added_at(item.entry.id) - item.decode_s, 0.0)
+            queued_s += max(started - added_at(item.entry.id) - item.decode_s, 0.0)
         n = len(batch)
         stage = self.stats.stage_s
         stage["queue_wait"] += queued_s
@@ -584,14 +584,6 @@ def _model_info(model: Model) -> dict[str, Any]:
         "inputs": specs(model.inputs),
         "outputs": specs(model.outputs),
     }
-
-
-def _added_at(entry_id: bytes) -> float:
-    """When Redis added an entry (wall-clock seconds), read from its stream id."""
-    try:
-        return int(entry_id.split(b"-", 1)[0]) / 1000.0
-    except ValueError:
-        return time.time()
 
 
 def _pad(arr: np.ndarray, size: int) -> np.ndarray:
