@@ -21,31 +21,30 @@ def is_class_vector(outputs: Mapping[str, np.ndarray]) -> bool:
 
 def top_n(scores: np.ndarray, n: int) -> list[list[tuple[int, float]]]:
     """Per row of a ``[batch, C]`` score matrix, the ``n`` best ``(class_index, score)``, best
-    first; equal scores keep index order."""
-    n = min(n, scores.shape[1])
-    order = _top_order(scores, n)
-    best = np.take_along_axis(scores, order, axis=1)
-    return [list(zip(idx.tolist(), val.tolist())) for idx, val in zip(order, best)]
+    first; equal scores keep index order.
 
-
-def _top_order(scores: np.ndarray, n: int) -> np.ndarray:
-    """Column indices of each row's ``n`` best scores, best first, ties in index order.
-
-    A partition finds each row's n-th best score in O(C), and only the scores at or above it
-    are sorted: a full sort of 1,000 classes per record cost more than a small model. Where a
-    tie straddles the cut or a row holds NaN, the rows are fully (stably) sorted instead.
+    A partition finds each row's n-th best score in O(C) and only the scores at or above it
+    are sorted: a full sort of 1,000 classes per record cost more than a small model. Where
+    a tie straddles the cut or a row holds NaN, the rows are fully (stably) sorted instead.
     """
     rows, classes = scores.shape
+    n = min(n, classes)
     if 0 < n < classes:
         kth = np.partition(scores, classes - n, axis=1)[:, classes - n]
         above = scores >= kth[:, None]
         if (np.count_nonzero(above, axis=1) == n).all():
-            picked = np.nonzero(above)[1].reshape(rows, n)  # index order within each row
-            by_score = np.argsort(
-                -np.take_along_axis(scores, picked, axis=1), axis=1, kind="stable"
-            )
-            return np.take_along_axis(picked, by_score, axis=1)
-    return np.argsort(-scores, axis=1, kind="stable")[:, :n]
+            r, c = np.nonzero(above)  # row by row, in index order
+            picked = c.reshape(rows, n)
+            values = scores[r, c].reshape(rows, n)
+            by_score = np.argsort(-values, axis=1, kind="stable")
+            row = np.arange(rows)[:, None]
+            return _pairs(picked[row, by_score], values[row, by_score])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :n]
+    return _pairs(order, np.take_along_axis(scores, order, axis=1))
+
+
+def _pairs(index: np.ndarray, value: np.ndarray) -> list[list[tuple[int, float]]]:
+    return [list(zip(i.tolist(), v.tolist())) for i, v in zip(index, value)]
 
 
 def postprocess(

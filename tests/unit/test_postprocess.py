@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from zoo_serving.postprocess import is_class_vector, postprocess, top_n
 from zoo_serving.protocol import decode_result
@@ -25,6 +28,25 @@ def test_top_n_matches_plain_sorting(n: int, seed: int) -> None:
     assert len(got) == 6
     for row, answer in zip(scores, got):
         assert answer == _reference_top_n(row, n)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    hnp.arrays(
+        np.float32,
+        hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=12),
+        # few distinct values: ties across the cut; NaN and infinities: rows the fast path
+        # must hand to the full sort
+        elements=st.sampled_from([0.0, 1.0, 2.0, 0.5, -1.0, np.inf, -np.inf, np.nan]),
+    ),
+    st.integers(0, 14),
+)
+def test_top_n_is_a_stable_full_sort(scores: np.ndarray, n: int) -> None:
+    """Whatever the path taken, the answer is that of a stable sort of every score."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :n]
+    best = np.take_along_axis(scores, order, axis=1)
+    expected = [list(zip(i.tolist(), v.tolist())) for i, v in zip(order, best)]
+    assert repr(top_n(scores, n)) == repr(expected)  # repr: NaN equals NaN
 
 
 def test_top_n_ties_keep_index_order() -> None:
