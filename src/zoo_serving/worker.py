@@ -197,7 +197,7 @@ class Worker:
             self.load()
         # the hand-overs carry lists (a read's records, a batch's results): one queue
         # operation per list, not per record, which a 10,000 records/s worker feels
-        to_batch: _queue.Queue[Any] = _queue.Queue(maxsize=2)  # reads of 2 batches each
+        to_batch: _queue.Queue[Any] = _queue.Queue(maxsize=4)  # up to a batch each
         to_write: _queue.Queue[Any] = _queue.Queue(maxsize=8)
         threads = [
             threading.Thread(
@@ -266,16 +266,16 @@ class Worker:
                     if "NOGROUP" in str(exc):  # a Redis that came back empty
                         self._try(self.queue.setup)
                     continue
-                decoded, failed = self._decode_all(entries)
-                if failed:
-                    to_write.put(failed)
-                if decoded:
-                    to_batch.put(decoded)
+                self._decode_all(entries, to_batch, to_write)
         finally:
             to_batch.put(_STOP)
 
-    def _decode_all(self, entries: list[Entry]) -> tuple[list[Item], list[Item]]:
-        """Decode a read: the records ready for the model, and those already answered."""
+    def _decode_all(
+        self, entries: list[Entry], to_batch: _queue.Queue[Any], to_write: _queue.Queue[Any]
+    ) -> None:
+        """Decode a read, handing records to the model a batch at a time (the first batch
+        need not wait for the rest of the read) and failed ones to the writer."""
+        size = self.config.params.batch_size
         decoded: list[Item] = []
         failed: list[Item] = []
         for entry in entries:
@@ -283,8 +283,17 @@ class Worker:
             item = self._decode(entry)
             item.decode_s = time.perf_counter() - started
             self.metrics.record_decode(entry.id, item.decode_s)
-            (failed if item.result is not None else decoded).append(item)
-        return decoded, failed
+            if item.result is not None:
+                failed.append(item)
+                continue
+            decoded.append(item)
+            if len(decoded) == size:
+                to_batch.put(decoded)
+                decoded = []
+        if decoded:
+            to_batch.put(decoded)
+        if failed:
+            to_write.put(failed)
 
     @staticmethod
     def _try(step: Any) -> None:
