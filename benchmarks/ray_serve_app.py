@@ -1,6 +1,6 @@
-"""The Ray Serve side of ``test_vs_ray_serve.py``: one replica serving a zoo_serving model with
-``@serve.batch``, answering each record with its top-N ``(class, score)`` pairs, and the
-closed-loop load that drives it through its handle API.
+"""The Ray Serve side of ``test_vs_ray_serve.py``: a local Ray with Serve, one replica serving a
+zoo_serving model with ``@serve.batch``, answering each record with its top-N ``(class,
+score)`` pairs, and the closed-loop load that drives it through its handle API.
 
 The replica loads the model with :func:`zoo_serving.load_model` (the ONNX Runtime session
 settings the zoo_serving server uses) and computes the answer with
@@ -11,8 +11,12 @@ how records reach the model and answers reach the caller.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +25,9 @@ from ray import serve
 import zoo_serving
 from zoo_serving.bench import LoadPoint
 from zoo_serving.postprocess import top_n
+
+# Ray Serve's documented settings for throughput: no per-request access log, warnings only
+_LOGGING = {"log_level": "WARNING", "enable_access_log": False}
 
 
 @serve.deployment(num_replicas=1)
@@ -48,6 +55,39 @@ def app(model_dir: str, n: int, *, max_ongoing_requests: int) -> Any:
     """The application for ``serve.run``; ``max_ongoing_requests`` should cover every request
     the driver keeps in flight (Ray Serve's default of 5 would cap the batches at 5)."""
     return TopN.options(max_ongoing_requests=max_ongoing_requests).bind(model_dir, n)
+
+
+@contextlib.contextmanager
+def local_serve() -> Iterator[None]:
+    """A local Ray of 2 CPUs with Serve started, its HTTP proxy off; shut down on exit. Set
+    the ``RAY_*`` environment variables before entering (the test's fixture does)."""
+    import ray
+
+    here = str(Path(__file__).resolve().parent)
+    python_path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+    ray.init(
+        address="local",  # never a cluster some other run left behind
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        object_store_memory=256 * 1024 * 1024,
+        # replicas import this module by name
+        runtime_env={"env_vars": {"PYTHONPATH": python_path}},
+    )
+    try:
+        serve.start(proxy_location="Disabled", logging_config=_LOGGING)
+        yield
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+def deploy(model_dir: str, name: str, n: int, *, max_ongoing_requests: int) -> Any:
+    """Serve ``model_dir`` as app ``name`` (see :func:`app`); returns its handle."""
+    app_ = app(model_dir, n, max_ongoing_requests=max_ongoing_requests)
+    return serve.run(app_, name=name, route_prefix=None, logging_config=_LOGGING)
 
 
 def closed_loop(
