@@ -77,9 +77,11 @@ def small_cnn_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def ray_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A local Ray whatever the environment says; RAY_AUTH_MODE (set by ray.init) restored."""
+    """A local Ray whatever the environment says, on loopback without token auth: Ray keeps
+    its auth mode for the whole process, and the Ray Serve benchmark later in the same session
+    starts its Ray so (one with tokens before it leaves Serve's requests hanging)."""
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
 
 
 def test_runner_throughput_relative_to_threads(
