@@ -83,15 +83,20 @@ class ForeignCpu:
         try:
             with open("/proc/stat") as f:
                 cpu = [int(v) for v in f.readline().split()[1:]]
-            ours = []
-            for pid in self.pids:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                ours.append(int(fields[11]) + int(fields[12]))  # utime, stime
+            ours = self._ticks()
         except (OSError, ValueError, IndexError):
             return None
         busy = cpu[0] + cpu[1] + cpu[2] + (cpu[7] if len(cpu) > 7 else 0)
         return time.monotonic(), busy, ours
+
+    def _ticks(self) -> list[int]:
+        """CPU clock ticks (user + system) of each of ours."""
+        ours = []
+        for pid in self.pids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ours.append(int(fields[11]) + int(fields[12]))  # utime, stime
+        return ours
 
     def start(self) -> None:
         self._start = self._sample()
@@ -105,7 +110,7 @@ class ForeignCpu:
         ours = sum(end[2]) - sum(self._start[2])
         # each counter read is whole clock ticks: forgive a tick per counter, or a segment of
         # a tenth of a second shows 5% foreign load on an idle machine
-        slack = len(self.pids) + 1
+        slack = len(end[2]) + 1
         foreign_s = ((end[1] - self._start[1]) - ours - slack) * self._TICK_S
         return max(foreign_s, 0.0) / (wall_s * (os.cpu_count() or 1))
 

@@ -6,7 +6,7 @@ A cycle times the model alone on ready batches (the ceiling of every side), then
 closed-loop round of every side at every level of :data:`LEVELS` (records in flight), both
 sides driven from this process with the same records. A side's figure at a level is the
 median over the cycles in which no round of that level was disturbed by other processes (see
-:class:`ForeignCpu`).
+:class:`TreeCpu`).
 
 Imported by the test file beside it (pytest puts ``benchmarks/`` on ``sys.path``).
 """
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 import zoo_serving
-from harness import TOP_N, check_topn
+from harness import TOP_N, ForeignCpu, check_topn
 from zoo_serving import Server
 from zoo_serving.bench import LoadPoint, closed_loop
 from zoo_serving.redis_server import ManagedRedis
@@ -88,22 +88,15 @@ def zoo_config(
 # ------------------------------------------------------------------ measuring
 
 
-class ForeignCpu:
-    """How much of the machine's CPU went to processes outside this one's tree (this process,
-    the redis-server and Ray's processes are its descendants) during a segment.
-
-    Unlike ``harness.ForeignCpu``, which meters a list of pids, this one walks ``/proc`` for
-    the tree, since Ray starts processes of its own. Busy time of all CPUs minus the tree's, as
-    a share of wall time x CPUs; 0 where ``/proc`` is missing.
-    """
-
-    _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+class TreeCpu(ForeignCpu):
+    """:class:`harness.ForeignCpu` for this process's whole tree (the redis-server and Ray's
+    processes are its descendants): Ray starts processes of its own, so a list of pids will
+    not do. Walks ``/proc`` for the tree at each sample."""
 
     def __init__(self) -> None:
-        self._start: tuple[float, int, int] | None = None
+        super().__init__([])
 
-    @staticmethod
-    def _ours() -> int:
+    def _ticks(self) -> list[int]:
         parent: dict[int, int] = {}
         ticks: dict[int, int] = {}
         for name in os.listdir("/proc"):
@@ -121,29 +114,7 @@ class ForeignCpu:
             pid = todo.pop()
             tree.add(pid)
             todo += [p for p, pp in parent.items() if pp == pid and p not in tree]
-        return sum(ticks.get(p, 0) for p in tree)
-
-    def _sample(self) -> tuple[float, int, int] | None:
-        try:
-            with open("/proc/stat") as f:
-                cpu = [int(v) for v in f.readline().split()[1:]]
-            ours = self._ours()
-        except (OSError, ValueError, IndexError):
-            return None
-        busy = cpu[0] + cpu[1] + cpu[2] + (cpu[7] if len(cpu) > 7 else 0)
-        return time.monotonic(), busy, ours
-
-    def start(self) -> None:
-        self._start = self._sample()
-
-    def share(self) -> float:
-        """Foreign CPU since :meth:`start`, as a share of the whole machine (0..1)."""
-        end = self._sample()
-        if self._start is None or end is None:
-            return 0.0
-        wall_s = end[0] - self._start[0]
-        foreign_s = ((end[1] - self._start[1]) - (end[2] - self._start[2])) * self._TICK_S
-        return max(foreign_s, 0.0) / (wall_s * (os.cpu_count() or 1))
+        return [sum(ticks.get(p, 0) for p in tree)]
 
 
 def raw_records_per_s(
@@ -212,7 +183,7 @@ def run_cycles(
     inputs = [{"input": record_input(i, shape)} for i in range(records)]
     timing = {"warmup_s": warmup_s, "duration_s": duration_s}
     cycles: list[Cycle] = []
-    meter = ForeignCpu()
+    meter = TreeCpu()
 
     def cycle() -> None:
         raw = raw_records_per_s(model, inputs, raw_batches)
