@@ -277,6 +277,25 @@ class Metrics:
             self._step += 1
             self._writer.add_scalar(tag, value, self._step)
 
+    def heartbeats(self) -> dict[str, dict[str, Any]]:
+        """The live heartbeats on the stream, by worker name; empty if Redis does not answer."""
+        if self._redis is None or self.config is None:
+            return {}
+        try:
+            raw = self._redis.hgetall(keys.workers(self.config.data.stream))
+        except Exception as exc:  # Redis away: the workers log that
+            log.debug("reading heartbeats failed: %s", exc)
+            return {}
+        out = {}
+        for name, body in raw.items():
+            try:
+                beat = json.loads(body)
+            except ValueError:
+                continue
+            if isinstance(beat, dict):
+                out[name.decode("utf-8", "replace")] = beat
+        return out
+
     def _stats_snapshot(self) -> tuple[int, dict[str, int]]:
         with self._lock:
             stats = list(self._stats.values())
@@ -352,3 +371,37 @@ class _StatsCollector:
             bad.add_metric([code], count)
         yield ok
         yield bad
+        yield from self._per_worker()
+
+    def _per_worker(self) -> Iterator[Any]:
+        """Counters of every worker on the stream, whatever its runner or process, from the
+        heartbeats it publishes (about a second old). Several servers on one stream each show
+        all of them; the ``worker`` label tells the copies apart."""
+        from prometheus_client.core import CounterMetricFamily
+
+        p = "zoo_serving_worker_"
+        records = CounterMetricFamily(
+            p + "records", "Records a worker answered, by outcome", labels=["worker", "outcome"]
+        )
+        failures = CounterMetricFamily(
+            p + "failures", "Error results of a worker, by code", labels=["worker", "reason"]
+        )
+        stages = CounterMetricFamily(
+            p + "stage_seconds",
+            "Seconds a worker's records spent in each stage, summed over records (a batch's "
+            "inference and postprocess count once per record in it)",
+            labels=["worker", "stage"],
+        )
+        timed = CounterMetricFamily(
+            p + "timed_records", "Records the stage seconds are summed over", labels=["worker"]
+        )
+        for name, beat in self._metrics.heartbeats().items():
+            records.add_metric([name, "succeeded"], beat.get("succeeded", 0))
+            records.add_metric([name, "failed"], beat.get("failed", 0))
+            for code, count in sorted(beat.get("failures", {}).items()):
+                failures.add_metric([name, code], count)
+            split = dict(beat.get("stages", {}))
+            timed.add_metric([name], split.pop("records", 0))
+            for stage, seconds in split.items():
+                stages.add_metric([name, stage], seconds)
+        yield from (records, failures, stages, timed)

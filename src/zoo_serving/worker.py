@@ -543,6 +543,7 @@ class Worker:
             "succeeded": self.stats.succeeded,
             "failed": self.stats.failed,
             "served_1m": self.stats.recent.count(),  # answered in the last minute
+            "failures": dict(self.stats.failures_by_code),  # by error code
             "batches": self.stats.batches,
             "stages": self.stats.stages(),
             "started": self._started,

@@ -123,6 +123,46 @@ def test_summary_metrics_and_error_log_account_for_every_record(
     assert error_log.count("record failed") == bad_image + bad_shape
 
 
+def test_worker_counters_come_from_every_runner(serve, onnx_model_dir, client, output) -> None:
+    """Workers in other processes (processes runner) count in /metrics too: per worker, from
+    their heartbeats, records by outcome, failures by reason and the stage split."""
+    sent = records()[:300]
+    good = sum(code is None for _, _, code in sent)
+    failed = {code: sum(c == code for _, _, c in sent) for _, _, code in sent if code}
+    port = free_port()
+    server = serve(
+        onnx_model_dir,
+        **{"log.metrics_port": port, "params.runner": "processes", "params.workers": 2},
+    )
+    client.enqueue_many((u, inputs) for u, inputs, _ in sent)
+    results = output.query_many([u for u, _, _ in sent], timeout=60)
+    assert len(results) == len(sent)
+    deadline = time.monotonic() + 10  # heartbeats come once a second
+    while True:
+        now = scrape(server.metrics.metrics_url)
+        per_worker = now.get("zoo_serving_worker_records_total", {})
+        ok = sum(v for k, v in per_worker.items() if ("outcome", "succeeded") in k)
+        if ok == good or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert ok == good, per_worker
+    assert len({dict(k)["worker"] for k in per_worker}) == 2  # both processes reported
+    bad = sum(v for k, v in per_worker.items() if ("outcome", "failed") in k)
+    assert bad == sum(failed.values())
+    reasons: dict[str, float] = {}
+    for k, v in now["zoo_serving_worker_failures_total"].items():
+        reasons[dict(k)["reason"]] = reasons.get(dict(k)["reason"], 0) + v
+    assert reasons == failed
+    assert sum(now["zoo_serving_worker_timed_records_total"].values()) == good
+    for stage in STAGES:
+        seconds = sum(
+            v
+            for k, v in now["zoo_serving_worker_stage_seconds_total"].items()
+            if ("stage", stage) in k
+        )
+        assert seconds > 0, stage
+
+
 def test_error_log_has_the_server_events(onnx_model_dir, tmp_path) -> None:
     """Start, model loaded, a lost worker, a Redis outage and its recovery, stop."""
     port = free_port()
