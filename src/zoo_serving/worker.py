@@ -14,11 +14,8 @@ most ``params.max_wait_ms`` for more, and not at all when the last read found th
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import queue as _queue
-import socket
 import threading
 import time
 from collections import defaultdict
@@ -32,6 +29,7 @@ from . import keys, protocol, protocol_zoo
 from .backends import Model, ModelOptions, load_model
 from .config import Config, load_config
 from .errors import DeadlineExceededError, InferenceError, ServerError, ZooServingError
+from .heartbeat import Heartbeat
 from .metrics import STAGES, Metrics, RateWindow
 from .postprocess import postprocess
 from .preprocess import Preprocessor
@@ -41,8 +39,6 @@ log = logging.getLogger(__name__)
 record_log = logging.getLogger("zoo_serving.records")
 
 _STOP = object()  # end-of-work marker passed down the stages
-HEARTBEAT_S = 1.0
-HEARTBEAT_TTL_S = 5.0
 
 
 @dataclass
@@ -128,6 +124,7 @@ class Worker:
         self.stats = WorkerStats()
         self.ready = False
         self._redis: Any = None
+        self._heartbeat: Heartbeat | None = None
         self._preprocess: Preprocessor | None = None
         self._started = time.time()
         self._drained = True  # the last read emptied the stream
@@ -163,26 +160,15 @@ class Worker:
             max_payload_bytes=cfg.data.max_payload_bytes,
             max_image_pixels=cfg.data.max_image_pixels,
         )
-        self._announce()
+        if self._redis is not None:
+            self._heartbeat = Heartbeat(
+                self._redis, cfg, self.name, self.stats, started=self._started
+            )
+            # before ``ready`` is set, so whoever sees it sees Redis agree
+            self._heartbeat.announce(self.model)
         self.ready = True
         log.info("worker %s ready: %s model %s", self.name, self.model.backend, self.model.path)
         return self
-
-    def _announce(self) -> None:
-        """Say what the model takes and gives (``keys.model``, for HTTP front doors) and that a
-        worker is ready: before ``ready`` is set, so whoever sees it sees Redis agree."""
-        if self._redis is None or self.model is None:
-            return
-        stream = self.config.data.stream
-        info = json.dumps(_model_info(self.model))
-
-        def announce() -> None:
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.set(keys.model(stream), info)
-            pipe.set(keys.ready(stream), self.name, px=int(HEARTBEAT_TTL_S * 1000))
-            pipe.execute()
-
-        self._try(announce)
 
     def close(self) -> None:
         """Free the model and the connection."""
@@ -210,11 +196,11 @@ class Worker:
                 target=self._write_loop, args=(to_write,), name=f"{self.name}-write", daemon=True
             ),
         ]
-        if self._redis is not None:
+        if self._heartbeat is not None:
             threads.append(
                 threading.Thread(
-                    target=self._heartbeat_loop,
-                    args=(stop,),
+                    target=self._heartbeat.loop,
+                    args=(stop, lambda: self.ready),
                     name=f"{self.name}-heartbeat",
                     daemon=True,
                 )
@@ -228,7 +214,8 @@ class Worker:
             to_write.put(_STOP)
             for t in threads:
                 t.join()
-            self._clear_heartbeat()
+            if self._heartbeat is not None:
+                self._heartbeat.clear()
             self.metrics.worker_stopped(self.name)
         log.info(
             "worker %s stopped: %d succeeded, %d failed",
@@ -515,85 +502,6 @@ class Worker:
         self.stats.stage_s["write"] += sum(written - i.answered_at for i in items if i.answered_at)
         self.stats.recent.add(len(items))
         self.metrics.record_written(len(items), write_s)
-
-    # -------------------------------------------------------------- heartbeat and control
-
-    def _heartbeat_loop(self, stop: threading.Event) -> None:
-        stream = self.config.data.stream
-        while not stop.is_set():
-            try:
-                self._beat()
-                request = self._redis.get(keys.control(stream))
-                if request and _stop_requested(request, self._started):
-                    log.info(
-                        "worker %s: stop requested through %s", self.name, keys.control(stream)
-                    )
-                    stop.set()
-            except Exception as exc:
-                log.debug("heartbeat failed: %s", exc)
-            stop.wait(HEARTBEAT_S)
-
-    def _beat(self) -> None:
-        stream = self.config.data.stream
-        beat = {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "runner": self.config.params.runner,
-            "ready": self.ready,
-            "succeeded": self.stats.succeeded,
-            "failed": self.stats.failed,
-            "served_1m": self.stats.recent.count(),  # answered in the last minute
-            "failures": dict(self.stats.failures_by_code),  # by error code
-            "batches": self.stats.batches,
-            "stages": self.stats.stages(),
-            "started": self._started,
-            "ts": time.time(),
-        }
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hset(keys.workers(stream), self.name, json.dumps(beat))
-        if self.ready:
-            pipe.set(keys.ready(stream), self.name, px=int(HEARTBEAT_TTL_S * 1000))
-        pipe.execute()
-
-    def _clear_heartbeat(self) -> None:
-        if self._redis is None:
-            return
-        stream = self.config.data.stream
-        try:
-            self._redis.hdel(keys.workers(stream), self.name)
-            if self._redis.get(keys.ready(stream)) == self.name.encode():
-                self._redis.delete(keys.ready(stream))  # others re-assert it within a beat
-        except Exception as exc:
-            log.debug("could not clear heartbeat: %s", exc)
-
-
-def _stop_requested(request: bytes, started: float) -> bool:
-    """A stop written to the control key after this worker started."""
-    try:
-        body = json.loads(request)
-        return body.get("cmd") == "stop" and float(body.get("ts", 0)) >= started
-    except (ValueError, AttributeError):
-        return False
-
-
-def _model_info(model: Model) -> dict[str, Any]:
-    """Backend, inputs and outputs (name, numpy dtype, shape with -1 for a free dim)."""
-
-    def specs(items: Sequence[Any]) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": s.name,
-                "dtype": s.dtype.str,
-                "shape": [-1 if d is None else d for d in s.shape],
-            }
-            for s in items
-        ]
-
-    return {
-        "backend": model.backend,
-        "inputs": specs(model.inputs),
-        "outputs": specs(model.outputs),
-    }
 
 
 def _pad(arr: np.ndarray, size: int) -> np.ndarray:

@@ -48,6 +48,7 @@ from typing import Any
 from .. import keys
 from ..config import Config, load_config
 from ..errors import ConfigError, ServerError, ZooServingError
+from ..heartbeat import HEARTBEAT_TTL_S
 from ..queue import connect, consumer_name
 from ..spark_setup import (
     ModelLocation,
@@ -59,7 +60,7 @@ from ..spark_setup import (
     spark_session,
     task_slots,
 )
-from ..worker import HEARTBEAT_TTL_S, Worker
+from ..worker import Worker
 from .base import Runner
 from .remote import (
     PACKAGE_LOGGER,
