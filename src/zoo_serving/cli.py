@@ -17,6 +17,7 @@ from typing import Any
 from . import keys
 from .config import RUNNERS, Config, default_config_text, load_config
 from .errors import ZooServingError
+from .heartbeat import HEARTBEAT_TTL_S, read_heartbeats
 
 PID_FILE = "zoo-serve.pid"
 OUT_FILE = "server.out"
@@ -141,12 +142,12 @@ def _ready_workers(cfg: Config) -> int:
     try:
         client = _status_client(cfg)
         try:
-            beats = client.hvals(keys.workers(cfg.data.stream))
+            beats = read_heartbeats(client, cfg.data.stream)
         finally:
             client.close()
     except Exception:
         return 0
-    return sum(1 for beat in beats if json.loads(beat).get("ready"))
+    return sum(1 for beat in beats.values() if beat.get("ready"))
 
 
 def _run_foreground(cfg: Config, args: argparse.Namespace) -> int:
@@ -253,11 +254,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         now = time.time()
         stream = cfg.data.stream
         status["ready"] = bool(client.exists(keys.ready(stream)))
-        for name, beat in client.hgetall(keys.workers(stream)).items():
-            info = json.loads(beat)
-            if now - info.get("ts", 0) > 5:
-                continue  # a worker that stopped beating is gone
-            status["workers"].append({"name": name.decode(), **info})
+        beats = read_heartbeats(client, stream, max_age_s=HEARTBEAT_TTL_S)
+        status["workers"] = [{"name": name, **beat} for name, beat in beats.items()]
         status.update(stream_stats(client, stream, cfg.data.group))
     finally:
         client.close()

@@ -111,6 +111,24 @@ class Heartbeat:
             log.debug("could not clear heartbeat: %s", exc)
 
 
+def read_heartbeats(
+    redis: Any, stream: str, *, max_age_s: float | None = None
+) -> dict[str, dict[str, Any]]:
+    """The heartbeats on ``stream``, by worker name; with ``max_age_s`` only those written that
+    recently (a worker that stopped beating is gone). Malformed ones are left out."""
+    now = time.time()
+    out = {}
+    for name, body in redis.hgetall(keys.workers(stream)).items():
+        try:
+            beat = json.loads(body)
+            age_s = now - float(beat.get("ts", 0))
+        except (ValueError, TypeError, AttributeError):
+            continue
+        if max_age_s is None or age_s <= max_age_s:
+            out[name.decode("utf-8", "replace")] = beat
+    return out
+
+
 def stop_requested(request: bytes, started: float) -> bool:
     """A stop written to the control key after a worker ``started``."""
     try:

@@ -17,7 +17,6 @@ only when switched on. ``Metrics()`` without a config is a sink that records not
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -30,6 +29,8 @@ from typing import Any
 from . import keys
 from .config import Config
 from .errors import MissingDependencyError, ServerError
+from .heartbeat import read_heartbeats
+from .queue import added_at
 from .summary import summary_writer
 
 log = logging.getLogger(__name__)
@@ -240,8 +241,6 @@ class Metrics:
         """One record read and decoded: its wait in the stream (from its id) and decode time."""
         if not self._prom:
             return
-        from .queue import added_at
-
         waited_s = time.time() - added_at(entry_id)
         self._stage["queue_wait"].observe(max(waited_s, 0.0))
         self._stage["decode"].observe(decode_s)
@@ -282,19 +281,10 @@ class Metrics:
         if self._redis is None or self.config is None:
             return {}
         try:
-            raw = self._redis.hgetall(keys.workers(self.config.data.stream))
+            return read_heartbeats(self._redis, self.config.data.stream)
         except Exception as exc:  # Redis away: the workers log that
             log.debug("reading heartbeats failed: %s", exc)
             return {}
-        out = {}
-        for name, body in raw.items():
-            try:
-                beat = json.loads(body)
-            except ValueError:
-                continue
-            if isinstance(beat, dict):
-                out[name.decode("utf-8", "replace")] = beat
-        return out
 
     def _stats_snapshot(self) -> tuple[int, dict[str, int]]:
         with self._lock:
@@ -330,20 +320,17 @@ class Metrics:
                 self._writer.flush()
 
     def _find_lost_workers(self) -> None:
-        hash_key = keys.workers(self.config.data.stream)  # type: ignore[union-attr]
+        assert self.config is not None
+        stream = self.config.data.stream
         now = time.time()
-        for name, raw in self._redis.hgetall(hash_key).items():
-            try:
-                beat = json.loads(raw)
-                silent_s = now - float(beat.get("ts", 0))
-            except (ValueError, TypeError, AttributeError):
-                continue
+        for name, beat in read_heartbeats(self._redis, stream).items():
+            silent_s = now - float(beat.get("ts", 0))
             # HDEL answers 1 to one server only, so a loss is logged once
-            if silent_s > LOST_AFTER_S and self._redis.hdel(hash_key, name):
+            if silent_s > LOST_AFTER_S and self._redis.hdel(keys.workers(stream), name):
                 log.warning(
                     "worker %s (host %s pid %s) lost: no heartbeat for %.0f s; its pending "
                     "records go to live workers after params.claim_idle_ms",
-                    name.decode("utf-8", "replace"),
+                    name,
                     beat.get("host"),
                     beat.get("pid"),
                     silent_s,

@@ -12,6 +12,7 @@ from typing import Any
 from .. import keys
 from ..config import Config, DataConfig
 from ..errors import ServerError
+from ..heartbeat import read_heartbeats
 from ..metrics import STAGES
 
 BEAT_WAIT_S = 2.5  # longest wait for every worker's next heartbeat (they beat every second)
@@ -69,16 +70,7 @@ def model_info(db: Any, stream: str) -> dict[str, Any] | None:
 
 def read_beats(db: Any, stream: str) -> dict[str, dict[str, Any]]:
     """The live workers' heartbeats, by worker name."""
-    now = time.time()
-    beats = {}
-    for name, raw in db.hgetall(keys.workers(stream)).items():
-        try:
-            beat = json.loads(raw)
-        except ValueError:
-            continue
-        if now - float(beat.get("ts", 0)) <= BEAT_STALE_S:
-            beats[name.decode("utf-8", "replace")] = beat
-    return beats
+    return read_heartbeats(db, stream, max_age_s=BEAT_STALE_S)
 
 
 def beats_after(db: Any, stream: str) -> dict[str, dict[str, Any]]:

@@ -35,7 +35,6 @@ stop timeout is cancelled.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import sys
@@ -48,7 +47,7 @@ from typing import Any
 from .. import keys
 from ..config import Config, load_config
 from ..errors import ConfigError, ServerError, ZooServingError
-from ..heartbeat import HEARTBEAT_TTL_S
+from ..heartbeat import HEARTBEAT_TTL_S, read_heartbeats
 from ..queue import connect, consumer_name
 from ..spark_setup import (
     ModelLocation,
@@ -324,21 +323,12 @@ class SparkRunner(Runner):
         if self._redis is None or now - read_at < _READY_POLL_S:
             return count
         try:
-            beats = self._redis.hgetall(keys.workers(self.config.data.stream))
+            beats = read_heartbeats(self._redis, self.config.data.stream, max_age_s=HEARTBEAT_TTL_S)
         except Exception as exc:
             log.debug("reading heartbeats failed: %s", exc)
             return count
-        mark = f"-{self._job_id}-".encode()
-        count = 0
-        for name, raw in beats.items():
-            if mark not in name:
-                continue
-            try:
-                beat = json.loads(raw)
-                fresh = time.time() - float(beat.get("ts", 0)) < HEARTBEAT_TTL_S
-            except (ValueError, TypeError):
-                continue
-            count += bool(beat.get("ready")) and fresh
+        mark = f"-{self._job_id}-"
+        count = sum(bool(b.get("ready")) for name, b in beats.items() if mark in name)
         self._ready = (count, now)
         return count
 
