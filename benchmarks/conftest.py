@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from zoo_serving.queue import connect
-from zoo_serving.redis_server import ManagedRedis, free_port
+from zoo_serving.broker.connection import connect
+from zoo_serving.broker.embedded import ManagedRedis, free_port
 
 SEED = 0
 

@@ -33,7 +33,7 @@ import zoo_serving
 from client_process import ClientJob, ClientProcess
 from payloads import IMAGE_SHAPE, ModelFeed
 from zoo_serving import Server
-from zoo_serving.redis_server import ManagedRedis
+from zoo_serving.broker.embedded import ManagedRedis
 
 GATE = os.environ.get("ZOO_BENCH_GATE") == "1"
 TOP_N = 5

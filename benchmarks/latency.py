@@ -30,7 +30,7 @@ import zoo_serving
 from harness import FOREIGN_MAX, basis
 from payloads import INPUT, SEED, record_input
 from zoo_serving import InputQueue
-from zoo_serving.protocol import encode_request, encode_topn
+from zoo_serving.wire.native import encode_request, encode_topn
 
 KINDS = ("direct", "served", "floor")
 REPLY = encode_topn([(c, 0.1) for c in range(5)])  # the floor's reply: a top-5 result's size

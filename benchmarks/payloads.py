@@ -11,7 +11,7 @@ Two kinds of record, named by ``ClientJob.payload``:
   3x224x224.
 
 :class:`ModelFeed` builds a batch the way the worker does: JPEG bytes go through
-``zoo_serving.preprocess.Preprocessor`` with the server's settings (the same decode, resize,
+``zoo_serving.serving.preprocess.Preprocessor`` with the server's settings (the same decode, resize,
 layout and dtype), records are stacked with ``np.stack``.
 """
 
@@ -26,8 +26,8 @@ import numpy as np
 
 import zoo_serving
 from zoo_serving.config import load_config
-from zoo_serving.preprocess import Preprocessor
-from zoo_serving.protocol import RawInput, Request
+from zoo_serving.serving.preprocess import Preprocessor
+from zoo_serving.wire.native import RawInput, Request
 
 SEED = 1234
 IMAGE_SHAPE = "3,224,224"  # data.shape of every benchmark server

@@ -4,8 +4,8 @@ score)`` pairs, and the closed-loop load that drives it through its handle API.
 
 The replica loads the model with :func:`zoo_serving.load_model` (the ONNX Runtime session
 settings the zoo_serving server uses) and computes the answer with
-:func:`zoo_serving.postprocess.top_n`, the server's own code, so the two sides differ only in
-how records reach the model and answers reach the caller.
+:func:`zoo_serving.serving.postprocess.top_n`, the server's own code, so the two sides differ
+only in how records reach the model and answers reach the caller.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ray import serve
 
 import zoo_serving
 from zoo_serving.bench import LoadPoint
-from zoo_serving.postprocess import top_n
+from zoo_serving.serving.postprocess import top_n
 
 # Ray Serve's documented settings for throughput: no per-request access log, warnings only
 _LOGGING = {"log_level": "WARNING", "enable_access_log": False}

@@ -44,7 +44,7 @@ import zoo_serving
 from conftest import export_onnx
 from test_throughput import TOP_N, ClientJob, ClientProcess, ForeignCpu, Rounds
 from zoo_serving import Server
-from zoo_serving.redis_server import ManagedRedis
+from zoo_serving.broker.embedded import ManagedRedis
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -206,7 +206,7 @@ def caffe_dir(cnn: Cnn, tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("onnxruntime")
     from google.protobuf import text_format
 
-    from zoo_serving.backends import caffe_pb2
+    from zoo_serving.backends.caffe import caffe_pb2
 
     directory = tmp_path_factory.mktemp("cnn-caffe")
     net = text_format.Parse(CAFFE_NET, caffe_pb2.NetParameter())

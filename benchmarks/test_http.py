@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 
 from zoo_serving import InputQueue, Server
-from zoo_serving.redis_server import ManagedRedis, free_port
+from zoo_serving.broker.embedded import ManagedRedis, free_port
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")

@@ -24,7 +24,7 @@ import zoo_serving
 from conftest import export_onnx
 from test_throughput import ClientJob, ClientProcess, check_spot
 from zoo_serving import Server
-from zoo_serving.redis_server import ManagedRedis
+from zoo_serving.broker.embedded import ManagedRedis
 
 SHAPE = (3, 64, 64)
 RECORDS = 2000

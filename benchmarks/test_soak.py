@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from zoo_serving import InputQueue, OutputQueue
-from zoo_serving.redis_server import ManagedRedis, free_port
+from zoo_serving.broker.embedded import ManagedRedis, free_port
 
 SOAK_S = float(os.environ.get("ZOO_SOAK_S", "0"))
 WINDOW_S = min(60.0, SOAK_S / 4)  # p99 over the first and the last minute

@@ -24,8 +24,8 @@ import pytest
 import zoo_serving
 from test_throughput import FOREIGN_MAX, TOP_N, ClientJob, ClientProcess, ForeignCpu, check_spot
 from zoo_serving import Server
-from zoo_serving.redis_server import ManagedRedis
-from zoo_serving.spark_setup import spark_session
+from zoo_serving.broker.embedded import ManagedRedis
+from zoo_serving.spark.session import spark_session
 
 pytestmark = [
     pytest.mark.timeout(600),

@@ -43,7 +43,7 @@ from latency import (
 )
 from payloads import IMAGE_SHAPE
 from zoo_serving import Server
-from zoo_serving.redis_server import ManagedRedis
+from zoo_serving.broker.embedded import ManagedRedis
 
 JPEG_TARGET = 0.90  # target 2: served / raw with decoding
 NOOP_TARGET_RECORDS_PER_S = 10_000.0  # target 3, at batch 8

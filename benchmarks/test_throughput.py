@@ -29,7 +29,7 @@ from harness import ForeignCpu as ForeignCpu
 from harness import Rounds as Rounds
 from harness import check_spot as check_spot
 from harness import judge, measure
-from zoo_serving.redis_server import ManagedRedis
+from zoo_serving.broker.embedded import ManagedRedis
 
 RESNET18_BATCH8_TARGET = 0.95  # issue 8, target 1
 

@@ -2,7 +2,7 @@
 
 Both sides serve the same ONNX model, loaded with :func:`zoo_serving.load_model` (the same ONNX
 Runtime session settings), batch 8 with a 5 ms wait, and answer each record with its top-5
-``(class, score)`` pairs computed by :func:`zoo_serving.postprocess.top_n`:
+``(class, score)`` pairs computed by :func:`zoo_serving.serving.postprocess.top_n`:
 
 - **zoo/process**: :class:`zoo_serving.Server` with the processes runner and one worker
   process, the layout of the Ray side (one replica process; the caller in this process);
@@ -44,7 +44,7 @@ import pytest
 
 from harness import verdict
 from vs_ray import EQUAL, JUDGED, Comparison, run_cycles
-from zoo_serving.redis_server import ManagedRedis
+from zoo_serving.broker.embedded import ManagedRedis
 
 pytestmark = [
     pytest.mark.timeout(400),

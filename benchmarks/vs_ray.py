@@ -29,7 +29,7 @@ import zoo_serving
 from harness import TOP_N, ForeignCpu, check_topn
 from zoo_serving import Server
 from zoo_serving.bench import LoadPoint, closed_loop
-from zoo_serving.redis_server import ManagedRedis
+from zoo_serving.broker.embedded import ManagedRedis
 
 SEED = 4321
 BATCH = 8

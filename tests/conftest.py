@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from zoo_serving.redis_server import ManagedRedis, free_port
+from zoo_serving.broker.embedded import ManagedRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures"

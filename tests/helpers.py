@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from zoo_serving.backends.base import TensorSpec
-from zoo_serving.preprocess import Preprocessor
-from zoo_serving.protocol import RawInput
+from zoo_serving.serving.preprocess import Preprocessor
+from zoo_serving.wire.native import RawInput
 
 
 def onnx_direct(model_dir: Path, batch: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ Importing this package reads no file, touches no network and configures no loggi
 
 from __future__ import annotations
 
+from ._version import __version__
 from .backends import Model, TensorSpec, detect_model, load_model
 from .client import InputQueue, OutputQueue
 from .config import Config, load_config
@@ -31,10 +32,8 @@ from .errors import (
 )
 from .runners.spark import serve_on as serve_on_spark
 from .server import Server, serve
-from .spark_df import predict_df
-from .worker import Worker
-
-__version__ = "0.1.0"
+from .serving.worker import Worker
+from .spark.dataframe import predict_df
 
 __all__ = [
     "BrokerConnectionError",

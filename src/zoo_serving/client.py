@@ -26,40 +26,24 @@ from typing import Any
 
 import numpy as np
 
-from . import keys, protocol
+from . import keys
+from .broker.connection import connect
+from .broker.presence import Presence
+from .broker.streams import StreamProducer
 from .config import Config, DataConfig, load_config
 from .errors import QueueFullError, ResultTimeoutError, ZooServingError
-from .protocol import ResultValue, decode_result
+from .wire import native
+from .wire.native import ResultValue, decode_result
 
 __all__ = ["InputQueue", "OutputQueue"]
 
 _DEFAULT_INPUT = "t"  # input name used when predict() gets a bare array or image
 _WINDOW = 128  # result keys looked at per round trip when waiting for many
 _CHUNK = 64  # records per round trip in enqueue_many
-_BOUND_CHECK_S = 1.0  # how long a client trusts what it last saw of the server's bound
-
-# KEYS: stream, max_len key. ARGV: record count, then per record: field count, fields...
-# Adds records in order while the stream is under the server's bound (checked and added in one
-# atomic step); returns {added, stream length, bound}.
-_ENQUEUE_LUA = """
-local max = tonumber(redis.call('GET', KEYS[2]) or '0')
-local n = tonumber(ARGV[1])
-local len = redis.call('XLEN', KEYS[1])
-if max > 0 and len + n > max then
-  n = math.max(0, max - len)
-end
-local i = 2
-for r = 1, n do
-  local nf = tonumber(ARGV[i])
-  redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + 2 * nf))
-  i = i + 1 + 2 * nf
-end
-return {n, len + n, max}
-"""
 
 
 def _uri(fields: Mapping[bytes, bytes]) -> str:
-    return fields[protocol.F_URI].decode("utf-8", "replace")
+    return fields[native.F_URI].decode("utf-8", "replace")
 
 
 class _RedisUser:
@@ -74,8 +58,6 @@ class _RedisUser:
         password: str | None = None,
         **redis_options: Any,
     ) -> None:
-        from .queue import connect
-
         data = _data_config(config)
         if password is not None:
             data = DataConfig(**{**_fields(data), "password": password})
@@ -88,6 +70,7 @@ class _RedisUser:
         redis_options.setdefault("socket_timeout", None)
         redis_options.setdefault("socket_connect_timeout", 5.0)
         self.db = connect(data, url=url, **redis_options)
+        self.presence = Presence(self.db, self.stream)
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -101,16 +84,11 @@ class _RedisUser:
 
     def is_ready(self) -> bool:
         """True while at least one worker has its model loaded and warmed up."""
-        return bool(self.db.exists(keys.ready(self.stream)))
+        return self.presence.is_ready()
 
     def wait_ready(self, timeout: float = 60.0) -> bool:
         """Wait up to ``timeout`` seconds for a ready worker; True when there is one."""
-        deadline = time.monotonic() + timeout
-        while not self.is_ready():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        return self.presence.wait_ready(timeout)
 
     # results ------------------------------------------------------------------
 
@@ -211,10 +189,7 @@ class InputQueue(_RedisUser):
         kwargs.setdefault("zero_copy", True)  # tensors go from the arrays to the socket
         super().__init__(*args, **kwargs)
         self.wait_if_full_s = wait_if_full_s
-        self._add = self.db.register_script(_ENQUEUE_LUA)
-        self._max_len_key = keys.max_len(self.stream)
-        self._has_bound = False
-        self._bound_checked_at = -_BOUND_CHECK_S
+        self._producer = StreamProducer(self.db, self.stream)
 
     def enqueue(self, uri: str, deadline_s: float | None = None, **inputs: Any) -> str:
         """Send one record: ``enqueue("img-1", image="cat.jpg")`` or ``enqueue("x", t=array)``.
@@ -254,24 +229,14 @@ class InputQueue(_RedisUser):
     def _send(self, records: list[dict[bytes, bytes]], accepted: list[str]) -> None:
         """Add records, in order, as far as the server's bound lets them; wait for room up to
         ``wait_if_full_s``, then raise QueueFullError naming what went in."""
-        if not self._bounded():
-            # no bound published: plain pipelined XADDs (the Lua path copies every payload
-            # into the script and out again, which costs Redis three times the CPU)
-            pipe = self.db.pipeline(transaction=False)
-            for fields in records:
-                pipe.xadd(self.stream, fields)
-            pipe.execute()
+        if not self._producer.bounded():
+            self._producer.add_all(records)
             accepted.extend(_uri(r) for r in records)
             return
         deadline = time.monotonic() + self.wait_if_full_s
         pause = 0.005
         while records:
-            args: list[Any] = [len(records)]
-            for fields in records:
-                args.append(len(fields))
-                for key, value in fields.items():
-                    args.extend((key, value))
-            added, length, bound = self._add(keys=[self.stream, self._max_len_key], args=args)
+            added, length, bound = self._producer.add_under_bound(records)
             accepted.extend(_uri(r) for r in records[:added])
             records = records[added:]
             if not records:
@@ -286,18 +251,9 @@ class InputQueue(_RedisUser):
             time.sleep(pause)
             pause = min(pause * 2, 0.2)
 
-    def _bounded(self) -> bool:
-        """Whether the server published a bound; asked again at most every second, so a bound
-        set while this client runs applies within a second."""
-        now = time.monotonic()
-        if now >= self._bound_checked_at + _BOUND_CHECK_S:
-            self._has_bound = bool(self.db.exists(self._max_len_key))
-            self._bound_checked_at = now
-        return self._has_bound
-
     def _fields(self, uri: str, inputs: Mapping[str, Any], deadline_s: float | None) -> Any:
         deadline_ms = None if deadline_s is None else int((time.time() + deadline_s) * 1000)
-        return protocol.encode_request(uri, _named(inputs), deadline_ms, views=True)
+        return native.encode_request(uri, _named(inputs), deadline_ms, views=True)
 
     def predict(self, inputs: Any, timeout: float = 30.0) -> Any:
         """Send one record and wait for its result; ``timeout`` bounds the total wait.

@@ -10,6 +10,8 @@ from __future__ import annotations
 PREFIX = "zs"  # namespace of every key zoo_serving owns
 ZOO_RESULT_PREFIX = "cluster-serving_"  # result hashes of Analytics Zoo v0.9-v0.11 clients
 SEED_RESULT_PREFIX = "result:"  # result hashes of seed-era clients
+AS_LIST = "list"  # a result key holding a one-element list (native results)
+AS_HASH = "hash"  # a result key holding a hash with the field ``value`` (zoo, seed era)
 
 
 def result(stream: str, uri: str | bytes) -> bytes:

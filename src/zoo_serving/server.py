@@ -5,16 +5,15 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from types import FrameType
 from typing import Any
 
-from . import keys
+from .broker import presence
+from .broker.connection import connect, redis_url
+from .broker.embedded import ManagedRedis, port_answers
 from .config import Config, load_config
 from .errors import ServerError
-from .metrics import Metrics
-from .queue import connect, redis_url
-from .redis_server import ManagedRedis, port_answers
+from .observe.metrics import Metrics
 from .runners import Runner, create_runner
 
 log = logging.getLogger(__name__)
@@ -156,19 +155,7 @@ def request_stop(config: Config) -> bool:
 
     Returns False when Redis does not answer.
     """
-    import json
-
-    try:
-        client = connect(config.data)
-    except Exception:
-        return False
-    try:
-        client.set(
-            keys.control(config.data.stream), json.dumps({"cmd": "stop", "ts": time.time()}), ex=60
-        )
-    finally:
-        client.close()
-    return True
+    return presence.request_stop(config.data)
 
 
 def serve(config: Any, *, runner: str | None = None) -> None:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from zoo_serving import InputQueue
-from zoo_serving.redis_server import port_answers
+from zoo_serving.broker.embedded import port_answers
 
 
 def zoo_serve(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:

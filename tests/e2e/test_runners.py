@@ -32,9 +32,9 @@ import yaml
 
 from helpers import assert_top_n, onnx_direct
 from zoo_serving import InputQueue, OutputQueue, Server, keys
+from zoo_serving.broker.embedded import free_port
 from zoo_serving.cli import main as zoo_serve
 from zoo_serving.errors import ModelNotFoundError
-from zoo_serving.redis_server import free_port
 from zoo_serving.server import request_stop
 
 pytestmark = pytest.mark.timeout(300)  # Ray starts slowly on a loaded machine

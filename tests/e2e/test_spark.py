@@ -24,11 +24,11 @@ import pytest
 from conftest import jpeg
 from helpers import assert_top_n, decoded_image, onnx_direct
 from zoo_serving import InputQueue, OutputQueue, keys, load_config
+from zoo_serving.broker.embedded import free_port
 from zoo_serving.errors import ConfigError, ModelNotFoundError
-from zoo_serving.redis_server import free_port
 from zoo_serving.runners.spark import SparkRunner, serve_on
-from zoo_serving.spark_df import predict_df
-from zoo_serving.spark_setup import spark_session
+from zoo_serving.spark.dataframe import predict_df
+from zoo_serving.spark.session import spark_session
 
 pytestmark = [
     pytest.mark.timeout(300),

@@ -18,8 +18,8 @@ from zoo_serving import cli
 from zoo_serving.bench import LoadPoint, closed_loop, open_loop
 from zoo_serving.bench.inputs import image_inputs, npy_inputs, random_inputs
 from zoo_serving.bench.server import STAGES, stage_split
+from zoo_serving.broker.embedded import free_port
 from zoo_serving.errors import ConfigError, ServerError
-from zoo_serving.redis_server import free_port
 
 SHAPE = (3, 32, 32)
 

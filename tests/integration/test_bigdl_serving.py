@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import assert_top_n
-from zoo_serving.backends.bigdl_reader import Module, TensorReader, read_module
+from zoo_serving.backends.bigdl.reader import Module, TensorReader, read_module
 
 
 def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -20,8 +20,8 @@ from unit.test_caffe import (
     save_net,
 )
 from zoo_serving.backends.base import TensorSpec
-from zoo_serving.preprocess import Preprocessor
-from zoo_serving.protocol import RawInput
+from zoo_serving.serving.preprocess import Preprocessor
+from zoo_serving.wire.native import RawInput
 
 SIZE = 13  # the all-layers net's input is 3 x SIZE x SIZE
 

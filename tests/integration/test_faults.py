@@ -12,8 +12,8 @@ import redis as redis_lib
 
 from helpers import assert_top_n, onnx_direct
 from zoo_serving import InputQueue, OutputQueue, QueueFullError, Server, keys
+from zoo_serving.broker.embedded import ManagedRedis, free_port
 from zoo_serving.errors import InferenceError, ServerError
-from zoo_serving.redis_server import ManagedRedis, free_port
 
 
 def build_lookup_model(path: Path, rows: int = 10, classes: int = 5) -> np.ndarray:

@@ -28,7 +28,7 @@ from conftest import jpeg
 from helpers import assert_top_n, decoded_image, onnx_direct
 from zoo_serving import keys
 from zoo_serving.errors import ZooServingError
-from zoo_serving.protocol import decode_result
+from zoo_serving.wire.native import decode_result
 
 LIMIT = 65536  # data.max_payload_bytes of the server under test
 SHAPE = (3, 32, 32)  # the model's per-record input

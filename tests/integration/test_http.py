@@ -16,7 +16,7 @@ import pytest
 
 from conftest import jpeg
 from helpers import assert_top_n, decoded_image, onnx_direct
-from zoo_serving.redis_server import free_port
+from zoo_serving.broker.embedded import free_port
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")

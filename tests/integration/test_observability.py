@@ -15,9 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import jpeg
 from zoo_serving import InputQueue, Server, keys
+from zoo_serving.broker.embedded import ManagedRedis, free_port
 from zoo_serving.errors import DecodeError, ServerError, ShapeError
-from zoo_serving.metrics import STAGES, SUMMARY_TAGS
-from zoo_serving.redis_server import ManagedRedis, free_port
+from zoo_serving.observe.metrics import SUMMARY_TAGS
+from zoo_serving.observe.stats import STAGES
 
 GOOD = 1200
 
@@ -199,6 +200,16 @@ def test_error_log_has_the_server_events(onnx_model_dir, tmp_path) -> None:
     text = log_path.read_text()
     for event in ("starting 1 threads worker(s)", "ready: onnx model", "server stopped"):
         assert event in text, event
+    # each line as docs/observability.md shows it, logger name first
+    for line in (
+        "zoo_serving.server: starting 1 threads worker(s)",
+        "zoo_serving.worker: worker ",
+        "zoo_serving.metrics: worker ghost-1 (host elsewhere pid 4242) lost",
+        "zoo_serving.worker: read from events failed",
+        "zoo_serving.worker: read from events recovered",
+        "zoo_serving.server: server stopped",
+    ):
+        assert line in text, line
 
 
 def test_a_metrics_port_in_use_is_a_clear_error(serve, onnx_model_dir) -> None:

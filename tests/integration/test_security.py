@@ -22,8 +22,8 @@ import pytest
 from conftest import build_onnx_cnn
 from helpers import assert_top_n, onnx_direct
 from zoo_serving import BrokerConnectionError, InputQueue, OutputQueue, Server, keys
-from zoo_serving.protocol import VIEW_MIN_BYTES
-from zoo_serving.redis_server import find_redis_server, free_port, port_answers
+from zoo_serving.broker.embedded import find_redis_server, free_port, port_answers
+from zoo_serving.wire.native import VIEW_MIN_BYTES
 
 PASSWORD = "s3cret-Pw-7f2c"
 WRONG = "not-the-password-91d"

@@ -9,9 +9,9 @@ import pytest
 
 from helpers import assert_top_n, onnx_direct
 from zoo_serving import InputQueue, Server, serve
+from zoo_serving.broker.embedded import free_port, port_answers
 from zoo_serving.config import load_config
 from zoo_serving.errors import BrokerConnectionError, ModelNotFoundError
-from zoo_serving.redis_server import free_port, port_answers
 from zoo_serving.server import request_stop
 
 

@@ -15,8 +15,8 @@ import pytest
 from conftest import jpeg
 from helpers import assert_top_n
 from zoo_serving.backends.base import TensorSpec
-from zoo_serving.preprocess import Preprocessor
-from zoo_serving.protocol import RawInput
+from zoo_serving.serving.preprocess import Preprocessor
+from zoo_serving.wire.native import RawInput
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 tf = pytest.importorskip("tensorflow")

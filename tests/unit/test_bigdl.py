@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from zoo_serving.backends import bigdl_pb2 as pb
 from zoo_serving.backends.base import ModelOptions
 from zoo_serving.backends.bigdl import BigDLModel
-from zoo_serving.backends.bigdl_convert import convert, supported_types
-from zoo_serving.backends.bigdl_reader import Module, TensorReader, read_module
+from zoo_serving.backends.bigdl import bigdl_pb2 as pb
+from zoo_serving.backends.bigdl.convert import convert, supported_types
+from zoo_serving.backends.bigdl.reader import Module, TensorReader, read_module
 from zoo_serving.errors import ConfigError, ModelNotFoundError, UnsupportedModelError
 
 NN = "com.intel.analytics.bigdl.nn."

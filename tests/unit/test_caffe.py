@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from zoo_serving.backends import caffe_pb2
+from zoo_serving.backends.caffe import caffe_pb2
 from zoo_serving.errors import IncompleteModelError, ModelError, UnsupportedModelError
 
 pb2: Any = caffe_pb2
@@ -367,7 +367,7 @@ def check_against_numpy(prototxt, caffemodel, feeds, input_shape=None) -> dict[s
     """Convert, run both, compare every ONNX output with the reference blob of the same name."""
     import onnx
 
-    from zoo_serving.backends.caffe_convert import convert
+    from zoo_serving.backends.caffe.convert import convert
 
     model = convert(prototxt, caffemodel, input_shape)
     onnx.checker.check_model(model, full_check=True)
@@ -507,7 +507,7 @@ def test_fixture_net_matches_numpy(fixtures_dir) -> None:
 
 
 def test_all_layers_net_matches_numpy(tmp_path) -> None:
-    from zoo_serving.backends.caffe_convert import SUPPORTED_TYPES, read_net
+    from zoo_serving.backends.caffe.convert import SUPPORTED_TYPES, read_net
 
     prototxt, caffemodel = build_all_layers_net(tmp_path)
     feeds = {"data": np.random.default_rng(3).normal(0, 1, (4, 3, 13, 13))}
@@ -541,7 +541,7 @@ def test_input_declarations(declaration, tmp_path) -> None:
 
 
 def test_net_without_input_declaration_takes_the_given_shape(tmp_path) -> None:
-    from zoo_serving.backends.caffe_convert import convert
+    from zoo_serving.backends.caffe.convert import convert
 
     prototxt, caffemodel = save_net(tmp_path, SMALL, SMALL_WEIGHTS)
     feeds = {"data": np.random.default_rng(0).normal(0, 1, (1, 3, 7, 7))}
@@ -566,7 +566,7 @@ def test_in_place_layers_and_several_outputs(tmp_path) -> None:
 
 
 def test_model_is_opset_17_ir_8_with_free_batch(fixtures_dir) -> None:
-    from zoo_serving.backends.caffe_convert import convert
+    from zoo_serving.backends.caffe.convert import convert
 
     caffe = fixtures_dir / "caffe"
     calls: list[tuple[int, int]] = []
@@ -582,7 +582,7 @@ def test_model_is_opset_17_ir_8_with_free_batch(fixtures_dir) -> None:
 
 
 def test_unsupported_layers_are_named(tmp_path) -> None:
-    from zoo_serving.backends.caffe_convert import convert
+    from zoo_serving.backends.caffe.convert import convert
 
     text = input_layer("data", (1, 3, 5, 5)) + SMALL
     text += """
@@ -597,7 +597,7 @@ def test_unsupported_layers_are_named(tmp_path) -> None:
 
 
 def test_weights_that_do_not_fit_name_the_layer(tmp_path) -> None:
-    from zoo_serving.backends.caffe_convert import convert
+    from zoo_serving.backends.caffe.convert import convert
 
     text = input_layer("data", (1, 3, 5, 5)) + SMALL.replace("kernel_size: 3", "kernel_size: 2")
     with pytest.raises(ModelError, match=r"'conv' \(Convolution\): weights .*\(2, 3, 2, 2\)"):
@@ -605,7 +605,7 @@ def test_weights_that_do_not_fit_name_the_layer(tmp_path) -> None:
 
 
 def test_files_that_are_not_caffe(tmp_path) -> None:
-    from zoo_serving.backends.caffe_convert import convert
+    from zoo_serving.backends.caffe.convert import convert
 
     prototxt, caffemodel = save_net(tmp_path, SMALL, SMALL_WEIGHTS)
     caffemodel.write_bytes(b"\x0a\xff\xff")
@@ -620,7 +620,7 @@ def test_legacy_blobs_and_v1_layers(tmp_path) -> None:
     """Pre-2015 files: num/channels/height/width blobs, ``layers { type: ENUM }``."""
     from google.protobuf import text_format
 
-    from zoo_serving.backends.caffe_convert import convert
+    from zoo_serving.backends.caffe.convert import convert
 
     w = Weights(5)
     head = 'input: "data" input_dim: 1 input_dim: 3 input_dim: 4 input_dim: 4\n'

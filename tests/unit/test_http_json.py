@@ -10,7 +10,7 @@ import pytest
 from zoo_serving.cli import _load, build_parser
 from zoo_serving.config import load_config
 from zoo_serving.http import model_name
-from zoo_serving.http_json import (
+from zoo_serving.http.bodies import (
     HttpError,
     parse_instances,
     parse_v2_inputs,

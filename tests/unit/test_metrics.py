@@ -6,7 +6,8 @@ import pytest
 
 from zoo_serving.config import load_config
 from zoo_serving.errors import ConfigError
-from zoo_serving.metrics import Metrics, RateWindow
+from zoo_serving.observe.metrics import Metrics
+from zoo_serving.observe.stats import RateWindow
 
 
 def test_rate_window_counts_the_last_minute_only() -> None:

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from zoo_serving.postprocess import is_class_vector, postprocess, top_n
-from zoo_serving.protocol import decode_result
+from zoo_serving.serving.postprocess import is_class_vector, postprocess, top_n
+from zoo_serving.wire.native import decode_result
 
 
 def _reference_top_n(row: np.ndarray, n: int) -> list[tuple[int, float]]:

@@ -15,8 +15,8 @@ from zoo_serving.errors import (
     PayloadTooLargeError,
     ShapeError,
 )
-from zoo_serving.preprocess import MAX_DIMS, Preprocessor, image_size
-from zoo_serving.protocol import RawInput, Request
+from zoo_serving.serving.preprocess import MAX_DIMS, Preprocessor, image_size
+from zoo_serving.wire.native import RawInput, Request
 
 F32 = np.dtype(np.float32)
 BGR = (10, 128, 250)  # blue, green, red

@@ -13,7 +13,7 @@ from hypothesis.extra import numpy as hnp
 
 from zoo_serving import errors
 from zoo_serving.errors import DecodeError, InputError, MissingInputError, ZooServingError
-from zoo_serving.protocol import (
+from zoo_serving.wire.native import (
     VIEW_MIN_BYTES,
     RawInput,
     Request,

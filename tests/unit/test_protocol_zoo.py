@@ -18,22 +18,24 @@ from zoo_serving.errors import (
     PayloadTooLargeError,
     ShapeError,
 )
-from zoo_serving.preprocess import Preprocessor
-from zoo_serving.protocol_zoo import (
+from zoo_serving.serving.postprocess import encode_seed_result
+from zoo_serving.serving.preprocess import Preprocessor
+from zoo_serving.wire import (
     FAILED,
     NATIVE,
     SEED,
     ZOO,
-    decode_payload,
     decode_record,
-    decode_result,
-    densify,
     encode_failure,
-    encode_payload,
-    encode_result,
-    encode_seed_result,
     reply_kind,
     result_key,
+)
+from zoo_serving.wire.zoo import (
+    decode_payload,
+    decode_result,
+    densify,
+    encode_payload,
+    encode_result,
 )
 
 pa = pytest.importorskip("pyarrow")

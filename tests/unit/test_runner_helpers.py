@@ -10,7 +10,7 @@ import pytest
 from zoo_serving.config import load_config
 from zoo_serving.errors import ModelNotFoundError, ServerError
 from zoo_serving.runners import create_runner
-from zoo_serving.runners.remote import picklable_error, shipped_config, worker_threads
+from zoo_serving.serving.remote import picklable_error, shipped_config, worker_threads
 
 
 def config(**params: object):

@@ -8,7 +8,7 @@ import pytest
 
 from zoo_serving import load_config
 from zoo_serving.runners.spark import worker_count
-from zoo_serving.spark_setup import spark_conf, task_slots, with_task_retries
+from zoo_serving.spark.session import spark_conf, task_slots, with_task_retries
 
 CORES = os.cpu_count() or 1
 

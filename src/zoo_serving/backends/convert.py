@@ -26,11 +26,11 @@ def to_onnx(
     """
     layout = detect_model(model_path)
     if layout.backend == "caffe":
-        from .caffe_convert import convert as convert_caffe
+        from .caffe.convert import convert as convert_caffe
 
         return convert_caffe(layout.main, layout.files["caffemodel"], input_shape, progress)
     if layout.backend == "bigdl":
-        from .bigdl_convert import convert as convert_bigdl
+        from .bigdl.convert import convert as convert_bigdl
 
         return convert_bigdl(layout.main, input_shape, progress)
     raise UnsupportedModelError(

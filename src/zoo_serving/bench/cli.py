@@ -14,7 +14,7 @@ from ..errors import ConfigError
 from . import LoadPoint, closed_loop, open_loop
 from .inputs import image_inputs, npy_inputs, random_inputs
 from .report import failed, format_table, notes, write_json, write_plot
-from .server import connect_checked, model_info, safe_url
+from .server import connect_checked, model_info
 
 DEFAULT_CLIENTS = (1, 8, 32)
 T = TypeVar("T", int, float)
@@ -136,8 +136,8 @@ def _inputs(
 def _meta(
     args: argparse.Namespace, cfg: Config, info: dict[str, Any] | None, kind: str, count: int
 ) -> dict[str, Any]:
-    from .. import __version__
-    from ..queue import redis_url
+    from .._version import __version__
+    from ..broker.connection import redis_url, safe_url
 
     params = cfg.params
     return {

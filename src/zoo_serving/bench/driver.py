@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import keys, protocol
+from .. import keys
 from ..config import DataConfig
 from ..errors import BrokerConnectionError, ServerError, ZooServingError
+from ..wire import native as protocol
 
 WINDOW = 128  # most result keys looked at in one round trip
 MARGIN = 16  # keys looked at past the newest result the last round found
@@ -108,7 +109,7 @@ class Driver:
 
     def prepare(self) -> Driver:
         """Connect, and encode every input once (a record's uri and deadline change per send)."""
-        from ..queue import connect
+        from ..broker.connection import connect
 
         job = self.job
         self.db = connect(job.data, url=job.url, socket_timeout=None, socket_connect_timeout=5.0)
@@ -137,9 +138,9 @@ class Driver:
         try:
             return self._loop()
         except redis.exceptions.RedisError as exc:
-            from ..queue import _safe, redis_url
+            from ..broker.connection import redis_url, safe_url
 
-            where = _safe(job.url or redis_url(job.data))
+            where = safe_url(job.url or redis_url(job.data))
             raise BrokerConnectionError(
                 f"bench lost Redis at {where} while loading stream {job.stream}: {exc}",
                 url=where,

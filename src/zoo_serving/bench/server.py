@@ -4,16 +4,16 @@ stage sums in their heartbeats, ``keys.workers``)."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from .. import keys
+from ..broker.connection import connect, redis_url, safe_url
+from ..broker.presence import Presence
 from ..config import Config, DataConfig
 from ..errors import ServerError
-from ..heartbeat import read_heartbeats
-from ..metrics import STAGES
+from ..observe.stats import STAGES
 
 BEAT_WAIT_S = 2.5  # longest wait for every worker's next heartbeat (they beat every second)
 BEAT_STALE_S = 5.0  # a heartbeat this old is a worker that is gone
@@ -32,10 +32,8 @@ def resolve_target(target: Any) -> tuple[DataConfig, str | None]:
 
 def connect_checked(data: DataConfig, url: str | None, stream: str) -> Any:
     """A connection to the server's Redis; raises ServerError unless a worker is ready."""
-    from ..queue import connect, redis_url
-
     db = connect(data, url=url, socket_timeout=None, socket_connect_timeout=5.0)
-    if not db.exists(keys.ready(stream)):
+    if not Presence(db, stream).is_ready():
         where = safe_url(url or redis_url(data))
         db.close()
         raise ServerError(
@@ -46,23 +44,9 @@ def connect_checked(data: DataConfig, url: str | None, stream: str) -> Any:
     return db
 
 
-def safe_url(url: str) -> str:
-    """The URL without its password."""
-    from ..queue import _safe
-
-    return _safe(url)
-
-
 def model_info(db: Any, stream: str) -> dict[str, Any] | None:
     """The served model's description (backend, inputs, outputs), or None if none is published."""
-    raw = db.get(keys.model(stream))
-    if raw is None:
-        return None
-    try:
-        info = json.loads(raw)
-    except ValueError:
-        return None
-    return info if isinstance(info, dict) else None
+    return Presence(db, stream).model()
 
 
 # ------------------------------------------------------------------ the stage split
@@ -70,7 +54,7 @@ def model_info(db: Any, stream: str) -> dict[str, Any] | None:
 
 def read_beats(db: Any, stream: str) -> dict[str, dict[str, Any]]:
     """The live workers' heartbeats, by worker name."""
-    return read_heartbeats(db, stream, max_age_s=BEAT_STALE_S)
+    return Presence(db, stream).heartbeats(max_age_s=BEAT_STALE_S)
 
 
 def beats_after(db: Any, stream: str) -> dict[str, dict[str, Any]]:

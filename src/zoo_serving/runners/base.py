@@ -7,7 +7,7 @@ import time
 from abc import ABC, abstractmethod
 
 from ..config import Config
-from ..metrics import Metrics
+from ..observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,13 @@ from typing import Any
 
 from ..config import Config, load_config
 from ..errors import ServerError
+from ..serving.remote import (
+    package_log_level,
+    picklable_error,
+    setup_worker_logging,
+    shipped_config,
+)
 from .base import Runner
-from .remote import package_log_level, picklable_error, setup_worker_logging, shipped_config
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +260,7 @@ class ProcessesRunner(Runner):
 def worker_main(raw_config: dict[str, Any], index: int, conn: Connection, level: int) -> None:
     """Entry point of a worker process: load, report ready (or the error), serve until
     SIGTERM/SIGINT or a stop request, drain, exit 0. Exits 1 when the model does not load."""
-    from ..worker import Worker
+    from ..serving.worker import Worker
 
     stop = threading.Event()
 

@@ -10,10 +10,11 @@ import socket
 import threading
 from typing import Any
 
+from ..broker.presence import request_stop
 from ..config import Config, load_config
 from ..errors import MissingDependencyError, ServerError
+from ..serving.remote import package_log_level, setup_worker_logging, shipped_config, worker_threads
 from .base import Runner
-from .remote import package_log_level, setup_worker_logging, shipped_config, worker_threads
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class WorkerActor:
         """Connect and load the model; returns where the worker lives."""
         import ray
 
-        from ..worker import Worker
+        from ..serving.worker import Worker
 
         try:
             worker = Worker(self.config)
@@ -166,10 +167,8 @@ class RayRunner(Runner):
         log.info("joined %s", f"Ray at {address}" if address else "a local Ray")
 
     def _stop(self) -> None:
-        from ..server import request_stop
-
         self._stopping = True
-        if not request_stop(self.config):
+        if not request_stop(self.config.data):
             log.warning("Redis did not answer the stop request; stopping through Ray only")
         for i, actor in enumerate(self.actors):
             if i not in self._ended:

@@ -1,16 +1,17 @@
 """The ``spark`` runner: each worker is a long-running Spark task.
 
 One Spark job of ``n`` single-element partitions runs ``n`` tasks; each task builds a
-:class:`~zoo_serving.worker.Worker` from the config shipped as a plain dict and runs the same
-serving loop as every other runner until a stop request reaches it through the stream's Redis
-control key; then the task returns its worker's counts and, once every task has, the job ends.
+:class:`~zoo_serving.serving.worker.Worker` from the config shipped as a plain dict and runs the
+same serving loop as every other runner until a stop request reaches it through the stream's
+Redis control key; then the task returns its worker's counts and, once every task has, the job
+ends.
 The job runs in a background thread of the driver. Executors need zoo_serving and the model's
 framework installed, and must reach Redis at ``data.src``; the model directory reaches them as
-:func:`zoo_serving.spark_setup.model_location` says (read in place on a local master, else
+:func:`zoo_serving.spark.session.model_location` says (read in place on a local master, else
 shipped with the job, or read from a shared path the driver cannot see).
 
 How many workers (:func:`worker_count`): ``params.workers`` when set above 1, otherwise one per
-task slot the ``spark.*`` keys give (:func:`zoo_serving.spark_setup.task_slots`): ``local[N]``
+task slot the ``spark.*`` keys give (:func:`zoo_serving.spark.session.task_slots`): ``local[N]``
 -> N, ``local[*]`` -> this machine's cores, ``spark://`` -> ``spark.total_executor_cores``,
 ``yarn`` / ``k8s://`` -> ``num_executors`` x ``executor_cores``. A ``local`` count is capped at
 this machine's cores, since more models than cores only share them. Each worker holds a task
@@ -18,7 +19,7 @@ slot for as long as it serves; keep slots free for other jobs of a shared sessio
 ``params.workers`` below the slot count.
 
 Failures: a task that dies (its Python worker killed, its executor lost) is retried by Spark
-(``spark.task.maxFailures``, 4; local masters too, see :mod:`zoo_serving.spark_setup`); the
+(``spark.task.maxFailures``, 4; local masters too, see :mod:`zoo_serving.spark.session`); the
 records it had read wait in the consumer group and are taken over by live workers after
 ``params.claim_idle_ms``. A worker that cannot start (bad model, Redis unreachable) returns
 its error instead, which :meth:`SparkRunner.raise_if_failed` raises in the driver.
@@ -27,9 +28,9 @@ Readiness comes from the workers' heartbeats in Redis (``keys.workers``): each w
 job has the job id in its consumer name. The driver and executors' clocks are assumed to agree
 within a second or so (NTP), as for the control key.
 
-Stopping writes the stream's control key (:func:`zoo_serving.server.request_stop`), so every
-worker of the stream drains and stops, these tasks included; a job still running after the
-stop timeout is cancelled.
+Stopping writes the stream's control key (:func:`zoo_serving.broker.presence.request_stop`),
+so every worker of the stream drains and stops, these tasks included; a job still running after
+the stop timeout is cancelled.
 """
 
 from __future__ import annotations
@@ -44,12 +45,20 @@ import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .. import keys
+from ..broker.connection import connect
+from ..broker.presence import HEARTBEAT_TTL_S, Presence, request_stop
+from ..broker.queue import consumer_name
 from ..config import Config, load_config
 from ..errors import ConfigError, ServerError, ZooServingError
-from ..heartbeat import HEARTBEAT_TTL_S, read_heartbeats
-from ..queue import connect, consumer_name
-from ..spark_setup import (
+from ..serving.remote import (
+    PACKAGE_LOGGER,
+    package_log_level,
+    picklable_error,
+    setup_worker_logging,
+    shipped_config,
+)
+from ..serving.worker import Worker
+from ..spark.session import (
     ModelLocation,
     active_session,
     is_local,
@@ -59,15 +68,7 @@ from ..spark_setup import (
     spark_session,
     task_slots,
 )
-from ..worker import Worker
 from .base import Runner
-from .remote import (
-    PACKAGE_LOGGER,
-    package_log_level,
-    picklable_error,
-    setup_worker_logging,
-    shipped_config,
-)
 
 __all__ = ["SparkRunner", "serve_on", "worker_count"]
 
@@ -269,10 +270,8 @@ class SparkRunner(Runner):
             raise self._errors[0]
 
     def _stop(self) -> None:
-        from ..server import request_stop
-
         self._stopping = True
-        if not request_stop(self.config):
+        if not request_stop(self.config.data):
             log.warning("Redis does not answer: cancelling spark job %s", self._job_id)
             self._cancel()
 
@@ -296,10 +295,9 @@ class SparkRunner(Runner):
     def _release(self) -> None:
         if self._redis is not None:
             try:  # beats of workers that died without clearing them
-                beats = keys.workers(self.config.data.stream)
-                mine = [n for n in self._redis.hkeys(beats) if f"-{self._job_id}-".encode() in n]
-                if mine and not self._alive():
-                    self._redis.hdel(beats, *mine)
+                if not self._alive():
+                    presence = Presence(self._redis, self.config.data.stream)
+                    presence.forget(n for n in presence.heartbeats() if self._mark() in n)
             except Exception as exc:
                 log.debug("could not clear old heartbeats: %s", exc)
             self._redis.close()
@@ -323,14 +321,17 @@ class SparkRunner(Runner):
         if self._redis is None or now - read_at < _READY_POLL_S:
             return count
         try:
-            beats = read_heartbeats(self._redis, self.config.data.stream, max_age_s=HEARTBEAT_TTL_S)
+            presence = Presence(self._redis, self.config.data.stream)
+            count = presence.ready_workers(max_age_s=HEARTBEAT_TTL_S, named=self._mark())
         except Exception as exc:
             log.debug("reading heartbeats failed: %s", exc)
             return count
-        mark = f"-{self._job_id}-"
-        count = sum(bool(b.get("ready")) for name, b in beats.items() if mark in name)
         self._ready = (count, now)
         return count
+
+    def _mark(self) -> str:
+        """What the consumer names of this job's workers hold."""
+        return f"-{self._job_id}-"
 
     @property
     def results(self) -> list[dict[str, Any]]:

@@ -7,9 +7,10 @@ import threading
 import time
 
 from ..config import Config
-from ..worker import Worker, WorkerStats
+from ..observe.stats import WorkerStats
+from ..serving.remote import worker_threads
+from ..serving.worker import Worker
 from .base import Runner
-from .remote import worker_threads
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,145 @@
+"""Connections to Redis: ``data.src`` (``host:port`` or a ``redis://``, ``rediss://`` or
+``unix://`` URL) with its password, ACL user and TLS files, as one redis-py client; clear errors
+when Redis does not answer or refuses the login; and a command packer that sends large tensors
+from their own buffers."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..config import DataConfig
+from ..errors import BrokerConnectionError
+
+DEFAULT_SRC = "localhost:6379"
+RECONNECT_TRIES = 10
+
+
+def redis_url(data: DataConfig, src: str | None = None) -> str:
+    """The ``redis://`` URL for ``data.src`` (or ``src``), defaulting to localhost:6379."""
+    src = src or data.src or DEFAULT_SRC
+    if "://" in src:
+        return src
+    return f"redis://{src}"
+
+
+class ViewPacker:
+    """Packs Redis commands without copying large arguments given as memoryviews.
+
+    redis-py's hiredis packer copies every argument into one buffer (a memoryview first into
+    bytes, so twice); its pure-Python packer hands memoryviews to the socket as they are but
+    is slower on small commands. Commands carrying a memoryview take the Python path, all
+    others hiredis (where installed).
+    """
+
+    def __init__(self) -> None:
+        from redis._parsers import Encoder
+        from redis.connection import HIREDIS_AVAILABLE, HiredisRespSerializer, PythonRespSerializer
+
+        self._small = HiredisRespSerializer() if HIREDIS_AVAILABLE else None
+        self._large = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)
+
+    def pack(self, *args: Any) -> list[Any]:
+        if self._small is None or any(type(a) is memoryview for a in args):
+            return self._large.pack(*args)
+        return self._small.pack(*args)
+
+
+def connect(
+    data: DataConfig | None = None,
+    *,
+    url: str | None = None,
+    check: bool = True,
+    retries: int = RECONNECT_TRIES,
+    zero_copy: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """A redis-py client for ``data`` (URL, password, ACL user, TLS files) or for ``url``.
+
+    ``retries``: how often a command that lost its connection is sent again. Workers pass 0:
+    a retried XREADGROUP would hide that the lost reply had already delivered entries.
+    ``zero_copy``: send memoryview arguments straight from their buffers (see
+    :class:`ViewPacker`); senders of large tensors pass True.
+
+    Raises:
+        BrokerConnectionError: with ``check``, when Redis does not answer or refuses the login.
+    """
+    import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    data = data or DataConfig()
+    target = url or redis_url(data)
+    options: dict[str, Any] = {
+        "health_check_interval": 30,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 0),  # the first check fails fast
+    }
+    if not target.startswith("unix://"):
+        options["socket_keepalive"] = True  # TCP only: a unix socket has no keepalive
+    if data.password and not urlsplit(target).password:
+        options["password"] = data.password
+    if data.username and not urlsplit(target).username:
+        options["username"] = data.username
+    if target.startswith("rediss://"):
+        if data.tls_ca:
+            options["ssl_ca_certs"] = data.tls_ca
+        if data.tls_cert:
+            options["ssl_certfile"] = data.tls_cert
+        if data.tls_key:
+            options["ssl_keyfile"] = data.tls_key
+    if zero_copy:
+        options["command_packer"] = ViewPacker()
+    options.update(kwargs)
+    client = redis.Redis.from_url(target, **options)
+    if check:
+        try:
+            client.ping()
+        except redis.exceptions.AuthenticationError as exc:
+            client.close()
+            raise BrokerConnectionError(
+                f"Redis at {safe_url(target)} refused the login: {exc}; check data.password / "
+                "data.username or the URL's credentials",
+                url=safe_url(target),
+            ) from None
+        except redis.exceptions.RedisError as exc:
+            client.close()
+            raise BrokerConnectionError(
+                f"Redis at {safe_url(target)} does not answer: {exc}; {_hint(target, exc)}",
+                url=safe_url(target),
+            ) from None
+    # from now on a Redis restarting is retried (about 6 s with backoff) before raising
+    client.set_retry(Retry(ExponentialBackoff(cap=1.0, base=0.05), retries))
+    return client
+
+
+def _hint(target: str, exc: BaseException) -> str:
+    """What to check when Redis does not answer, from the URL's scheme and the socket error."""
+    import ssl
+
+    cause = exc.__context__
+    if target.startswith("rediss://"):
+        if isinstance(cause, ssl.SSLError) or "SSL" in str(exc) or "EOF occurred" in str(exc):
+            return (
+                "the TLS handshake failed: check data.tls_ca (the CA of the server's "
+                "certificate) and, when the server requires client certificates, "
+                "data.tls_cert and data.tls_key"
+            )
+        return "if that port speaks plain TCP, use a redis:// URL; else start redis-server"
+    if (
+        isinstance(cause, (ConnectionResetError, BrokenPipeError))
+        or "reset by peer" in str(exc)
+        or "closed by server" in str(exc)
+    ):
+        return (
+            "the server dropped the connection: if that port speaks TLS only, use a rediss:// "
+            "URL with data.tls_ca"
+        )
+    return "start redis-server or set data.src"
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url

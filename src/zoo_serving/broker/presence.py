@@ -1,0 +1,177 @@
+"""A stream's workers as Redis sees them: who is serving (heartbeats), whether one is ready,
+what model they serve, stop requests, and workers that went silent.
+
+One API for every reader and writer of those keys: the workers themselves, ``zoo-serve
+start`` and ``status``, :meth:`InputQueue.wait_ready`, the HTTP front door's readiness,
+``zoo-serve bench``, the metrics monitor and the Spark runner. The keys (:mod:`zoo_serving.keys`):
+
+- ``workers``: a hash, worker name -> JSON heartbeat, rewritten every :data:`HEARTBEAT_S`;
+- ``ready``: set (to a worker's name) while a worker is ready, renewed with each beat and
+  expiring after :data:`HEARTBEAT_TTL_S`, so it lapses when no ready worker is left;
+- ``model``: JSON of the served model (backend, inputs, outputs);
+- ``control``: a stop request, ``{"cmd": "stop", "ts": ...}``, for workers started before it.
+
+Example::
+
+    presence = Presence(redis_client, "serving_stream")
+    presence.wait_ready(timeout_s=30)
+    presence.heartbeats(max_age_s=HEARTBEAT_TTL_S)    # {"host-123-1": {...}, ...}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .. import keys
+from ..config import DataConfig
+from .connection import connect
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0  # how often a worker beats
+HEARTBEAT_TTL_S = 5.0  # how long readiness outlives a worker's last beat
+STOP_REQUEST_TTL_S = 60  # how long a stop request stays for workers to see
+
+
+class Presence:
+    """The presence keys of one stream.
+
+    Args:
+        redis: a redis-py client (bytes responses).
+        stream: the input stream.
+    """
+
+    def __init__(self, redis: Any, stream: str) -> None:
+        self.redis = redis
+        self.stream = stream
+
+    # ------------------------------------------------------------------ reading
+
+    def is_ready(self) -> bool:
+        """True while at least one worker has its model loaded and warmed up."""
+        return bool(self.redis.exists(keys.ready(self.stream)))
+
+    def wait_ready(self, timeout_s: float, poll_s: float = 0.05) -> bool:
+        """Wait up to ``timeout_s`` seconds for a ready worker; True when there is one."""
+        deadline = time.monotonic() + timeout_s
+        while not self.is_ready():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll_s)
+        return True
+
+    def model(self) -> dict[str, Any] | None:
+        """What the workers published about their model (backend, inputs, outputs), or None
+        when nothing (or nothing readable) is published."""
+        raw = self.redis.get(keys.model(self.stream))
+        if raw is None:
+            return None
+        try:
+            info = json.loads(raw)
+        except ValueError:
+            return None
+        return info if isinstance(info, dict) else None
+
+    def heartbeats(self, *, max_age_s: float | None = None) -> dict[str, dict[str, Any]]:
+        """The heartbeats on the stream, by worker name; with ``max_age_s`` only those written
+        that recently (a worker that stopped beating is gone). Malformed ones are left out."""
+        now = time.time()
+        out = {}
+        for name, body in self.redis.hgetall(keys.workers(self.stream)).items():
+            try:
+                beat = json.loads(body)
+                age_s = now - float(beat.get("ts", 0))
+            except (ValueError, TypeError, AttributeError):
+                continue
+            if max_age_s is None or age_s <= max_age_s:
+                out[name.decode("utf-8", "replace")] = beat
+        return out
+
+    def ready_workers(self, *, max_age_s: float | None = None, named: str | None = None) -> int:
+        """How many workers say they are ready (only those whose name holds ``named``)."""
+        beats = self.heartbeats(max_age_s=max_age_s)
+        return sum(
+            1
+            for name, beat in beats.items()
+            if beat.get("ready") and (named is None or named in name)
+        )
+
+    # ------------------------------------------------------------------ workers' side
+
+    def announce(self, name: str, model: Mapping[str, Any]) -> None:
+        """Publish the model's description and that worker ``name`` is ready."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(keys.model(self.stream), json.dumps(model))
+        pipe.set(keys.ready(self.stream), name, px=int(HEARTBEAT_TTL_S * 1000))
+        pipe.execute()
+
+    def beat(self, name: str, body: Mapping[str, Any], ready: bool) -> None:
+        """Write worker ``name``'s heartbeat; renew readiness while it is ready."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(keys.workers(self.stream), name, json.dumps(body))
+        if ready:
+            pipe.set(keys.ready(self.stream), name, px=int(HEARTBEAT_TTL_S * 1000))
+        pipe.execute()
+
+    def leave(self, name: str) -> None:
+        """Take worker ``name``'s heartbeat out, and readiness if it was the one holding it
+        (other ready workers set it again within a beat)."""
+        self.redis.hdel(keys.workers(self.stream), name)
+        if self.redis.get(keys.ready(self.stream)) == name.encode():
+            self.redis.delete(keys.ready(self.stream))
+
+    # ------------------------------------------------------------------ stopping
+
+    def request_stop(self) -> None:
+        """Ask every worker of the stream started before now to drain and stop."""
+        body = json.dumps({"cmd": "stop", "ts": time.time()})
+        self.redis.set(keys.control(self.stream), body, ex=STOP_REQUEST_TTL_S)
+
+    def stop_requested(self, since: float) -> bool:
+        """A stop request written at or after ``since`` (a worker's start, wall clock)."""
+        request = self.redis.get(keys.control(self.stream))
+        if not request:
+            return False
+        try:
+            body = json.loads(request)
+            return body.get("cmd") == "stop" and float(body.get("ts", 0)) >= since
+        except (ValueError, AttributeError, TypeError):
+            return False
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def take_lost(self, silent_s: float) -> list[tuple[str, dict[str, Any], float]]:
+        """Remove heartbeats silent for over ``silent_s`` seconds; returns ``(name, beat,
+        seconds silent)`` of each this caller removed (HDEL answers 1 to one caller only, so
+        several monitors report a loss once)."""
+        now = time.time()
+        lost = []
+        for name, beat in self.heartbeats().items():
+            silent = now - float(beat.get("ts", 0))
+            if silent > silent_s and self.redis.hdel(keys.workers(self.stream), name):
+                lost.append((name, beat, silent))
+        return lost
+
+    def forget(self, names: Iterable[str]) -> None:
+        """Remove the heartbeats of workers known to be gone."""
+        names = list(names)
+        if names:
+            self.redis.hdel(keys.workers(self.stream), *names)
+
+
+def request_stop(data: DataConfig) -> bool:
+    """Write a stop request for ``data.stream`` (reaches remote workers too); False when Redis
+    does not answer."""
+    try:
+        client = connect(data)
+    except Exception:
+        return False
+    try:
+        Presence(client, data.stream).request_stop()
+    finally:
+        client.close()
+    return True

@@ -1,0 +1,86 @@
+"""The Queue the worker talks to: read entries, complete them with their results.
+
+The worker knows only :class:`Queue`; :class:`~zoo_serving.broker.streams.RedisStreamQueue` is
+its Redis Streams implementation. Another broker (Kafka, say) would be a second implementation;
+nothing else changes. A :class:`Completion` says where and how a result is written, resolved
+by the caller (:func:`zoo_serving.wire.result_place`), so the queue never looks at a record's
+protocol.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .. import keys
+
+
+@dataclass
+class Entry:
+    """One stream entry as read: its id, its raw fields, and how often it was delivered
+    (known for entries taken over from another consumer, else 1)."""
+
+    id: bytes
+    fields: dict[bytes, bytes]
+    deliveries: int = 1
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One record answered: the entry to acknowledge, its uri, the encoded result, and where
+    the result goes: ``key``, written as a one-element list (:data:`keys.AS_LIST`, the uri also
+    added to the stream's finished list) or as a hash's ``value`` field (:data:`keys.AS_HASH`)."""
+
+    entry: Entry
+    uri: bytes
+    value: bytes
+    key: bytes
+    how: str = keys.AS_LIST
+
+
+class Queue(ABC):
+    """What the worker needs from a broker."""
+
+    @abstractmethod
+    def setup(self, max_queue_len: int | None = None) -> None:
+        """Create the stream and consumer group if they do not exist; publish the bound on
+        unprocessed records when given (0: none)."""
+
+    @abstractmethod
+    def read(self, count: int, block_ms: int) -> list[Entry]:
+        """Up to ``count`` entries for this consumer, waiting at most ``block_ms`` for one."""
+
+    @abstractmethod
+    def dead_letter(self, entry: Entry, reason: str) -> None:
+        """Keep a copy of an entry given up on, with the reason, where an operator can see it."""
+
+    @abstractmethod
+    def complete(self, done: Sequence[Completion]) -> int:
+        """Write each completion's result and acknowledge its entry, as one step per entry;
+        returns how many results were written (an entry already completed elsewhere is
+        skipped)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+def added_at(entry_id: bytes) -> float:
+    """When Redis added an entry (wall-clock seconds), read from its stream id.
+
+    The id holds whole milliseconds, cut down from the true time: the middle of that
+    millisecond is the unbiased guess (the plain value would add 0.5 ms to every wait).
+    """
+    try:
+        return (int(entry_id.split(b"-", 1)[0]) + 0.5) / 1000.0
+    except ValueError:
+        return time.time()
+
+
+def consumer_name(tag: str = "") -> str:
+    """A consumer name unique to this process (and ``tag``): host-pid[-tag]."""
+    name = f"{socket.gethostname()}-{os.getpid()}"
+    return f"{name}-{tag}" if tag else name

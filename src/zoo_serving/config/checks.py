@@ -1,0 +1,170 @@
+"""Value checkers of config keys: each takes ``(dotted key, raw value)`` and returns the value
+to keep, or raises :class:`~zoo_serving.errors.ConfigError` naming the key, the value and what
+is allowed."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import field
+from typing import Any
+
+from ..errors import ConfigError
+
+RUNNERS = ("threads", "processes", "spark", "ray")
+ENGINES = ("mklblas", "openvino")
+BACKENDS = ("onnx", "torch", "tensorflow", "openvino", "caffe", "bigdl")
+_TRUE = {"y", "yes", "true", "on", "1"}
+_FALSE = {"n", "no", "false", "off", "0"}
+_STREAM_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_MEMORY_RE = re.compile(r"^\d+[kmgtKMGT]?[bB]?$")
+
+
+# ---------------------------------------------------------------- value checkers
+
+
+def check_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{key}: expected y or n, got {value!r}", key=key, value=value)
+
+
+def int_checker(minimum: int) -> Callable[[str, Any], int]:
+    def check(key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(
+                f"{key}: expected an integer >= {minimum}, got {value!r}", key=key, value=value
+            )
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise ConfigError(
+                f"{key}: expected an integer >= {minimum}, got {value!r}", key=key, value=value
+            ) from None
+        if number < minimum:
+            raise ConfigError(
+                f"{key}: expected an integer >= {minimum}, got {value!r}", key=key, value=value
+            )
+        return number
+
+    return check
+
+
+def float_checker(minimum: float) -> Callable[[str, Any], float]:
+    def check(key: str, value: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if isinstance(value, bool) or not number >= minimum:
+            raise ConfigError(
+                f"{key}: expected a number >= {minimum}, got {value!r}", key=key, value=value
+            )
+        return number
+
+    return check
+
+
+def choice_checker(choices: tuple[str, ...]) -> Callable[[str, Any], str]:
+    def check(key: str, value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ConfigError(
+                f"{key}: expected one of {', '.join(choices)}, got {value!r}", key=key, value=value
+            )
+        return text
+
+    return check
+
+
+def check_backend(key: str, value: Any) -> str:
+    """A backend name, or ``package.module:Class`` for a third-party Model."""
+    text = str(value).strip()
+    if ":" in text and all(part.strip() for part in text.split(":", 1)):
+        return text
+    return choice_checker(BACKENDS)(key, value)
+
+
+def check_str(key: str, value: Any) -> str:
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a string, got {value!r}", key=key, value=value)
+    return str(value)
+
+
+def check_shape(key: str, value: Any) -> tuple[int, ...]:
+    """``3,224,224`` or ``[3, 224, 224]`` -> (3, 224, 224); images need three dims (C,H,W)."""
+    hint = f"{key}: expected comma-separated positive integers like 3,224,224, got {value!r}"
+    if isinstance(value, (list, tuple)):
+        parts = [str(v) for v in value]
+    elif isinstance(value, str):
+        parts = [p for p in value.replace("[", "").replace("]", "").split(",")]
+    else:
+        raise ConfigError(hint, key=key, value=value)
+    try:
+        dims = tuple(int(p.strip()) for p in parts)
+    except ValueError:
+        raise ConfigError(hint, key=key, value=value) from None
+    if not dims or len(dims) > 8 or any(d <= 0 for d in dims):
+        raise ConfigError(hint, key=key, value=value)
+    return dims
+
+
+def check_src(key: str, value: Any) -> str:
+    text = str(value).strip()
+    if text.startswith(("redis://", "rediss://", "unix://")):
+        return text
+    host, sep, port = text.rpartition(":")
+    if sep and host and port.isdigit() and 0 < int(port) < 65536:
+        return text
+    raise ConfigError(
+        f"{key}: expected host:port (like localhost:6379) or a redis:// or rediss:// URL, "
+        f"got {value!r}",
+        key=key,
+        value=value,
+    )
+
+
+def check_stream(key: str, value: Any) -> str:
+    text = str(value).strip()
+    if not _STREAM_RE.match(text):
+        raise ConfigError(
+            f"{key}: expected letters, digits, '_', '.' or '-' only, got {value!r}",
+            key=key,
+            value=value,
+        )
+    return text
+
+
+def check_memory(key: str, value: Any) -> str:
+    text = str(value).strip()
+    if not _MEMORY_RE.match(text):
+        raise ConfigError(
+            f"{key}: expected a size like 512m or 4g, got {value!r}", key=key, value=value
+        )
+    return text
+
+
+def check_path(key: str, value: Any) -> str:
+    text = check_str(key, value).strip()
+    if not text:
+        raise ConfigError(f"{key}: expected a path, got {value!r}", key=key, value=value)
+    return os.path.expanduser(text)
+
+
+def check_port(key: str, value: Any) -> int:
+    port = int_checker(0)(key, value)
+    if port > 65535:
+        raise ConfigError(
+            f"{key}: expected a TCP port 1-65535, or 0 for off, got {value!r}", key=key, value=value
+        )
+    return port
+
+
+def opt(default: Any, check: Callable[[str, Any], Any], doc: str) -> Any:
+    return field(default=default, metadata={"check": check, "doc": doc})

@@ -1,0 +1,296 @@
+"""The front door's app: its routes, how each request becomes records on the stream and how
+results and errors become responses (FastAPI, imported when an app is built)."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._version import __version__
+from ..broker.presence import Presence
+from ..config import Config, load_config
+from ..errors import (
+    BrokerConnectionError,
+    DeadlineExceededError,
+    InputError,
+    MissingDependencyError,
+    PayloadTooLargeError,
+    QueueFullError,
+    ResultTimeoutError,
+    ZooServingError,
+)
+from . import bodies
+from .bodies import HttpError
+
+log = logging.getLogger(__name__)
+
+READY_CACHE_S = 0.5  # a positive readiness answer is reused this long
+MODEL_CACHE_S = 2.0  # the published model description is reused this long
+
+
+def _imports() -> Any:
+    try:
+        import fastapi
+        import uvicorn  # noqa: F401 - checked here so a missing one is named early
+    except ImportError:
+        raise MissingDependencyError(
+            "the HTTP front door needs FastAPI and uvicorn: pip install 'zoo-serving[http]'"
+        ) from None
+    return fastapi
+
+
+def model_name(config: Config) -> str:
+    """The model's name in ``/v2/models/<name>``: ``http.model_name``, else the name of the
+    model file (without suffix) or directory."""
+    if config.http.model_name:
+        return config.http.model_name
+    path = Path(config.model.path or "model")
+    return path.stem if path.suffix else path.name
+
+
+def _status(exc: BaseException) -> int:
+    """The HTTP status of an error a record or the queue gave."""
+    if isinstance(exc, PayloadTooLargeError):
+        return 413
+    if isinstance(exc, InputError):
+        return 400
+    if isinstance(exc, (QueueFullError, BrokerConnectionError)):
+        return 503
+    if isinstance(exc, (ResultTimeoutError, DeadlineExceededError)):
+        return 504
+    return 500
+
+
+class DoorQueue:
+    """The front door's side of Redis: readiness, the model's description, records in and
+    results out."""
+
+    def __init__(self, config: Config) -> None:
+        from ..client import InputQueue, OutputQueue
+
+        self.config = config
+        self.stream = config.data.stream
+        self.timeout_s = config.http.timeout_s
+        self.inq = InputQueue(config=config)
+        self.outq = OutputQueue(config=config)
+        self.presence = Presence(self.inq.db, self.stream)
+        self._ready_until = 0.0
+        self._model: tuple[float, dict[str, Any] | None] = (0.0, None)
+
+    def close(self) -> None:
+        self.inq.close()
+        self.outq.close()
+
+    def ready(self) -> bool:
+        now = time.monotonic()
+        if now < self._ready_until:
+            return True
+        ok = self.presence.is_ready()
+        if ok:
+            self._ready_until = now + READY_CACHE_S
+        return ok
+
+    def model(self) -> dict[str, Any] | None:
+        """What the workers published about the model (backend, inputs, outputs), if any."""
+        now = time.monotonic()
+        stamp, info = self._model
+        if info is None or now - stamp > MODEL_CACHE_S:
+            info = self.presence.model()
+            self._model = (now, info)
+        return info
+
+    def require_ready(self) -> dict[str, Any]:
+        if not self.ready():
+            raise HttpError(
+                503,
+                f"model not ready: no worker of stream {self.stream} has its model loaded; "
+                "retry when /v2/health/ready answers 200",
+                "not_ready",
+            )
+        return self.model() or {"inputs": [], "outputs": []}
+
+    def run(self, records: list[bodies.Record]) -> list[Any]:
+        """Send records, wait for every result (``http.timeout_s`` in total); a failed record
+        raises an :class:`HttpError` naming it."""
+        uris = [f"http-{uuid.uuid4().hex}" for _ in records]
+        self.inq.enqueue_many(zip(uris, records), deadline_s=self.timeout_s)
+        if len(uris) == 1:  # one BLPOP, no first look: most requests are one record
+            try:
+                one = self.outq.query(uris[0], timeout=self.timeout_s)
+            except ZooServingError as exc:
+                one = exc
+            results = {} if one is None else {uris[0]: one}
+        else:
+            results = self.outq.query_many(uris, self.timeout_s)
+        missing = len(uris) - len(results)
+        if missing:
+            raise HttpError(
+                504,
+                f"{missing} of {len(uris)} results missing after http.timeout_s="
+                f"{self.timeout_s}s; the workers may be overloaded",
+                ResultTimeoutError.code,
+            )
+        out = []
+        for i, uri in enumerate(uris):
+            result = results[uri]
+            if isinstance(result, ZooServingError):
+                where = f"record {i}: " if len(uris) > 1 else ""
+                raise HttpError(_status(result), where + result.message, result.code)
+            out.append(result)
+        return out
+
+
+def _reply(content: Any, status: int = 200) -> Any:
+    from starlette.responses import Response
+
+    return Response(bodies.dumps(content), status, media_type="application/json")
+
+
+def _failure(exc: BaseException) -> Any:
+    """The JSON error response for ``exc``: ``{"error": message, "code": code}``."""
+    if isinstance(exc, HttpError):
+        return _reply({"error": exc.message, "code": exc.code}, exc.status)
+    if isinstance(exc, ZooServingError):
+        return _reply({"error": exc.message or str(exc), "code": exc.code}, _status(exc))
+    import redis
+
+    if isinstance(exc, redis.exceptions.RedisError):
+        return _reply({"error": f"Redis is unavailable: {exc}", "code": "queue"}, 503)
+    log.exception("HTTP request failed")
+    return _reply({"error": f"{type(exc).__name__}: {exc}", "code": "server"}, 500)
+
+
+class _Routes:
+    """What each route does; blocking work runs in the server's thread pool."""
+
+    def __init__(self, config: Config) -> None:
+        self.queue = DoorQueue(config)
+        self.name = model_name(config)
+        self.body_limit = max(4 * config.data.max_payload_bytes, 1 << 20)  # JSON: ~4x bytes
+
+    async def call(self, fn: Any, *args: Any) -> Any:
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            return _reply(await run_in_threadpool(fn, *args))
+        except Exception as exc:
+            return _failure(exc)
+
+    async def post(self, fn: Any, request: Any, requested: str | None = None) -> Any:
+        """Check the model name and read the JSON body, then run ``fn(body)``."""
+        try:
+            if requested is not None:
+                self.check_name(requested)
+            length = request.headers.get("content-length")
+            if length and length.isdigit() and int(length) > self.body_limit:
+                raise HttpError(413, f"body of {length} bytes is over the limit {self.body_limit}")
+            body = bodies.parse_body(await request.body())
+        except HttpError as exc:
+            return _failure(exc)
+        return await self.call(fn, body)
+
+    def check_name(self, requested: str) -> None:
+        if requested != self.name:
+            raise HttpError(
+                404, f"no model {requested!r}; this server serves {self.name!r}", "no_model"
+            )
+
+    def predict(self, body: Any) -> Any:
+        info = self.queue.model() or {"inputs": []}
+        dtypes = [np.dtype(s["dtype"]) for s in info["inputs"]]
+        records = bodies.parse_instances(body, dtypes)
+        self.queue.require_ready()
+        return bodies.predictions(self.queue.run(records))
+
+    def infer(self, body: Any) -> Any:
+        tensors, wanted = bodies.parse_v2_inputs(body)
+        info = self.queue.require_ready()
+        ranks = {s["name"]: len(s["shape"]) - 1 for s in info["inputs"]}
+        records, batched = bodies.split_batch(tensors, ranks)
+        results = self.queue.run(records)
+        outputs = [s["name"] for s in info["outputs"]]
+        content: dict[str, Any] = {"model_name": self.name}
+        if isinstance(body.get("id"), str):
+            content["id"] = body["id"]
+        content["outputs"] = bodies.v2_outputs(results, outputs, batched, wanted)
+        return content
+
+    def metadata(self, requested: str) -> Any:
+        self.check_name(requested)
+        info = self.queue.model()
+        if info is None:
+            raise HttpError(503, f"model {self.name!r} not loaded yet: no worker published it")
+        return {
+            "name": self.name,
+            "versions": [],
+            "platform": info.get("backend", ""),
+            "inputs": [bodies.v2_tensor_spec(s) for s in info["inputs"]],
+            "outputs": [bodies.v2_tensor_spec(s) for s in info["outputs"]],
+        }
+
+    async def ready(self, requested: str | None = None) -> Any:
+        """200 ``{"ready": true}`` while a worker is ready, else 503 ``{"ready": false}``."""
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            if requested is not None:
+                self.check_name(requested)
+            ok = await run_in_threadpool(self.queue.ready)
+        except Exception as exc:
+            return _failure(exc)
+        named = {"name": self.name} if requested is not None else {}
+        return _reply({**named, "ready": ok}, 200 if ok else 503)
+
+
+def create_app(config: Any) -> Any:
+    """The FastAPI app of the front door for ``config`` (a path, mapping or Config).
+
+    Routes: ``POST /predict``; ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``,
+    ``/v2/models/<name>``, ``/v2/models/<name>/ready``; ``POST /v2/models/<name>/infer``.
+
+    Raises:
+        MissingDependencyError: FastAPI or uvicorn is not installed.
+        BrokerConnectionError: Redis does not answer.
+    """
+    fastapi = _imports()
+
+    routes = _Routes(load_config(config))
+    app = fastapi.FastAPI(title="zoo_serving", version=__version__, docs_url=None, redoc_url=None)
+    app.state.queue = routes.queue
+
+    # Starlette-style routes (the request in, a response out): the JSON is parsed here, so a
+    # malformed body is our 400 with a message, not a framework's 422
+    async def predict(request: Any) -> Any:
+        return await routes.post(routes.predict, request)
+
+    async def infer(request: Any) -> Any:
+        return await routes.post(routes.infer, request, request.path_params["name"])
+
+    async def metadata(request: Any) -> Any:
+        return await routes.call(routes.metadata, request.path_params["name"])
+
+    async def model_ready(request: Any) -> Any:
+        return await routes.ready(request.path_params["name"])
+
+    async def ready(request: Any) -> Any:
+        return await routes.ready()
+
+    async def live(request: Any) -> Any:
+        return _reply({"live": True})
+
+    async def server(request: Any) -> Any:
+        return _reply({"name": "zoo_serving", "version": __version__, "extensions": []})
+
+    app.add_route("/predict", predict, methods=["POST"])
+    app.add_route("/v2/models/{name}/infer", infer, methods=["POST"])
+    app.add_route("/v2/models/{name}", metadata, methods=["GET"])
+    app.add_route("/v2/models/{name}/ready", model_ready, methods=["GET"])
+    app.add_route("/v2/health/ready", ready, methods=["GET"])
+    app.add_route("/v2/health/live", live, methods=["GET"])
+    app.add_route("/v2", server, methods=["GET"])
+    return app

@@ -1,0 +1,80 @@
+"""What a worker has done, counted in memory: records by outcome, failures by code, batches,
+records answered over the last minute, and where the time of its records went per stage.
+
+The worker updates a :class:`WorkerStats`; its heartbeat publishes it (:mod:`zoo_serving.broker.
+presence`), and ``zoo-serve status``, ``zoo-serve bench`` and /metrics read it from there.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+
+#: the stages a record's time is split into, in order
+STAGES = ("queue_wait", "decode", "inference", "postprocess", "write")
+
+
+class RateWindow:
+    """Events counted in one-second buckets over the last ``window_s`` seconds."""
+
+    def __init__(self, window_s: int = 60) -> None:
+        self.window_s = window_s
+        self._buckets: deque[list[int]] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, count: int = 1, now: float | None = None) -> None:
+        second = int(time.time() if now is None else now)
+        with self._lock:
+            if self._buckets and self._buckets[-1][0] == second:
+                self._buckets[-1][1] += count
+            else:
+                self._buckets.append([second, count])
+            self._prune(second)
+
+    def count(self, now: float | None = None) -> int:
+        """Events in the last ``window_s`` seconds."""
+        second = int(time.time() if now is None else now)
+        with self._lock:
+            self._prune(second)
+            return sum(n for _, n in self._buckets)
+
+    def _prune(self, second: int) -> None:
+        while self._buckets and self._buckets[0][0] <= second - self.window_s:
+            self._buckets.popleft()
+
+
+@dataclass
+class WorkerStats:
+    """What one worker has done so far."""
+
+    succeeded: int = 0
+    failed: int = 0
+    batches: int = 0
+    failures_by_code: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    recent: RateWindow = field(default_factory=RateWindow)  # records answered, last minute
+    # where the time of records that reached the model went: seconds summed over records
+    # (a batch's inference and postprocess count once per record in it); see STAGES
+    timed: int = 0
+    stage_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    def stages(self) -> dict[str, float | int]:
+        """The stage sums and how many records they are over, as published in heartbeats."""
+        return {"records": self.timed, **{k: round(v, 6) for k, v in self.stage_s.items()}}
+
+    def add_batch(
+        self, n: int, queued_s: float, decode_s: float, infer_s: float, post_s: float
+    ) -> None:
+        """A batch of ``n`` records answered: seconds they waited and were decoded (summed
+        over them), and the batch's seconds in the model and in postprocessing."""
+        stage = self.stage_s
+        stage["queue_wait"] += queued_s
+        stage["decode"] += decode_s
+        stage["inference"] += infer_s * n
+        stage["postprocess"] += post_s * n
+        self.timed += n
+
+    def add_written(self, write_s: float) -> None:
+        """Seconds records spent from their answer to their result written, summed."""
+        self.stage_s["write"] += write_s

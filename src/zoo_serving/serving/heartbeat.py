@@ -1,0 +1,111 @@
+"""A worker's heartbeat: every :data:`~zoo_serving.broker.presence.HEARTBEAT_S` it publishes
+the worker's counters and readiness through :class:`~zoo_serving.broker.presence.Presence`
+(what ``zoo-serve status``, ``zoo-serve bench`` and /metrics read), then checks for a stop
+request written after the worker started."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .. import keys
+from ..backends import Model
+from ..broker.presence import HEARTBEAT_S, Presence
+from ..config import Config
+from ..observe.stats import WorkerStats
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    """One worker's presence, kept up by :meth:`loop` in a thread of its own.
+
+    Args:
+        presence: the stream's presence keys, on the worker's Redis client.
+        config: the serving config (its runner goes into the heartbeat).
+        name: the worker's consumer name.
+        stats: the worker's live counters, read at each beat.
+        started: when the worker started (wall clock); older stop requests are ignored.
+    """
+
+    def __init__(
+        self, presence: Presence, config: Config, name: str, stats: WorkerStats, *, started: float
+    ) -> None:
+        self.presence = presence
+        self.config = config
+        self.name = name
+        self.stats = stats
+        self.started = started
+
+    def announce(self, model: Model) -> None:
+        """Say what the model takes and gives, and that a worker is ready."""
+        try:
+            self.presence.announce(self.name, model_info(model))
+        except Exception as exc:  # the heartbeat says it again within a second
+            log.warning("announcing worker %s failed: %s", self.name, exc)
+
+    def loop(self, stop: threading.Event, ready: Callable[[], bool]) -> None:
+        """Beat until ``stop`` is set; set it when a stop request arrives."""
+        while not stop.is_set():
+            try:
+                self.beat(ready())
+                if self.presence.stop_requested(self.started):
+                    control = keys.control(self.presence.stream)
+                    log.info("worker %s: stop requested through %s", self.name, control)
+                    stop.set()
+            except Exception as exc:
+                log.debug("heartbeat failed: %s", exc)
+            stop.wait(HEARTBEAT_S)
+
+    def beat(self, ready: bool) -> None:
+        self.presence.beat(self.name, self.body(ready), ready)
+
+    def body(self, ready: bool) -> dict[str, Any]:
+        """The heartbeat's JSON fields, in the order they are published."""
+        stats = self.stats
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "runner": self.config.params.runner,
+            "ready": ready,
+            "succeeded": stats.succeeded,
+            "failed": stats.failed,
+            "served_1m": stats.recent.count(),  # answered in the last minute
+            "failures": dict(stats.failures_by_code),  # by error code
+            "batches": stats.batches,
+            "stages": stats.stages(),
+            "started": self.started,
+            "ts": time.time(),
+        }
+
+    def clear(self) -> None:
+        """Take this worker's heartbeat out, and readiness if it was the one holding it."""
+        try:
+            self.presence.leave(self.name)
+        except Exception as exc:
+            log.debug("could not clear heartbeat: %s", exc)
+
+
+def model_info(model: Model) -> dict[str, Any]:
+    """Backend, inputs and outputs (name, numpy dtype, shape with -1 for a free dim)."""
+
+    def specs(items: Sequence[Any]) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": s.name,
+                "dtype": s.dtype.str,
+                "shape": [-1 if d is None else d for d in s.shape],
+            }
+            for s in items
+        ]
+
+    return {
+        "backend": model.backend,
+        "inputs": specs(model.inputs),
+        "outputs": specs(model.outputs),
+    }

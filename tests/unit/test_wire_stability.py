@@ -1,0 +1,97 @@
+"""The wire, pinned byte for byte: Redis key names, the two Lua scripts (Redis runs them by
+SHA1), the heartbeat's fields and the result encodings. A change here is a protocol change:
+make it on purpose, bump the version in docs/protocol.md, and update these values."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+from zoo_serving import keys, wire
+from zoo_serving.broker import streams
+from zoo_serving.config import load_config
+from zoo_serving.errors import ShapeError
+from zoo_serving.observe.stats import WorkerStats
+from zoo_serving.serving.heartbeat import Heartbeat
+from zoo_serving.serving.postprocess import postprocess
+
+
+def sha1(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def test_lua_scripts_are_the_ones_redis_knows() -> None:
+    assert sha1(streams._COMPLETE_LUA) == "483018a47a80cf831abcd0af85c092fc8d807557"
+    assert sha1(streams._ENQUEUE_LUA) == "b9ea825ab08ff4ed87373d6eaac0674f9819d9e8"
+
+
+def test_key_names() -> None:
+    assert keys.result("s", "u") == b"zs:{s}:result:u"
+    assert keys.zoo_result("s", "u") == b"cluster-serving_s:u"
+    assert keys.seed_result("u") == b"result:u"
+    assert keys.model("s") == "zs:{s}:model"
+    assert keys.finished("s") == "zs:{s}:finished"
+    assert keys.workers("s") == "zs:{s}:workers"
+    assert keys.ready("s") == "zs:{s}:ready"
+    assert keys.control("s") == "zs:{s}:control"
+    assert keys.dead_letter("s") == "zs:{s}:dead"
+    assert keys.max_len("s") == "zs:{s}:max_len"
+
+
+def test_result_places_per_protocol() -> None:
+    assert wire.result_place(wire.NATIVE, "s", b"u") == wire.ResultPlace(b"zs:{s}:result:u", "list")
+    assert wire.result_place(wire.ZOO, "s", b"u") == wire.ResultPlace(
+        b"cluster-serving_s:u", "hash"
+    )
+    assert wire.result_place(wire.SEED, "s", b"u") == wire.ResultPlace(b"result:u", "hash")
+
+
+def test_heartbeat_fields_in_order() -> None:
+    config = load_config({"model": {"path": "m"}})
+    beat = Heartbeat(None, config, "w", WorkerStats(), started=1.0).body(True)  # type: ignore[arg-type]
+    assert list(beat) == [
+        "host",
+        "pid",
+        "runner",
+        "ready",
+        "succeeded",
+        "failed",
+        "served_1m",
+        "failures",
+        "batches",
+        "stages",
+        "started",
+        "ts",
+    ]
+    assert list(beat["stages"]) == [
+        "records",
+        "queue_wait",
+        "decode",
+        "inference",
+        "postprocess",
+        "write",
+    ]
+    json.dumps(beat)  # it goes out as JSON
+
+
+def test_result_encodings() -> None:
+    scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.25, 0.25]], np.float32)
+    topn = postprocess({"prob": scores}, 2, 2)
+    assert topn == [
+        b'{"v":1,"kind":"topn","value":[[1,0.699999988079071],[2,0.20000000298023224]]}',
+        b'{"v":1,"kind":"topn","value":[[0,0.5],[1,0.25]]}',
+    ]
+    tensor = postprocess({"out": np.arange(4, dtype="<i2").reshape(2, 2)}, 0, 2)
+    assert tensor[1] == (
+        b'{"v":1,"kind":"tensor","outputs":[{"name":"out","dtype":"<i2","shape":[2]}]}\n'
+        b"\x02\x00\x03\x00"
+    )
+    mixed = postprocess({"prob": scores}, 1, 2, [wire.SEED, wire.NATIVE])
+    assert mixed == [b"[[1,0.699999988079071]]", b'{"v":1,"kind":"topn","value":[[0,0.5]]}']
+    assert wire.encode_failure(wire.NATIVE, ShapeError("bad")) == (
+        b'{"v":1,"kind":"error","code":"bad_shape","message":"bad"}'
+    )
+    assert wire.encode_failure(wire.ZOO, ShapeError("bad")) == b"NaN"
+    assert wire.encode_failure(wire.SEED, ShapeError("bad")) == b"NaN"
