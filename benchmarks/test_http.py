@@ -29,14 +29,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import fastapi  # noqa: F401  (the HTTP door runs on it)
+import httpx
 import numpy as np
 import pytest
 
 from zoo_serving import InputQueue, Server
 from zoo_serving.broker.embedded import ManagedRedis, free_port
-
-pytest.importorskip("fastapi")
-httpx = pytest.importorskip("httpx")
 
 pytestmark = pytest.mark.timeout(300)
 

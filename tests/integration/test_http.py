@@ -11,16 +11,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import fastapi  # noqa: F401  (the HTTP door runs on it)
+import httpx
 import numpy as np
 import pytest
+import uvicorn  # noqa: F401
 
 from conftest import jpeg
 from helpers import assert_top_n, decoded_image, onnx_direct
 from zoo_serving.broker.embedded import free_port
-
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
 
 NAME = "cnn"
 INFER = f"/v2/models/{NAME}/infer"

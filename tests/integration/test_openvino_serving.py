@@ -10,15 +10,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import openvino as ov
 import pytest
+import torch
 
 from conftest import _torch_cnn, build_onnx_cnn, jpeg
 from helpers import decoded_image, onnx_direct
-
-ov = pytest.importorskip("openvino")
-torch = pytest.importorskip("torch")
-
-from zoo_serving.backends.openvino_ir import OpenVinoModel  # noqa: E402
+from zoo_serving.backends.openvino_ir import OpenVinoModel
 
 SEED = 0
 ATOL = 1e-4

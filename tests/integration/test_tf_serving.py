@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import jpeg
 from helpers import assert_top_n
@@ -19,7 +20,6 @@ from zoo_serving.serving.preprocess import Preprocessor
 from zoo_serving.wire.native import RawInput
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-tf = pytest.importorskip("tensorflow")
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:tensorflow.*"),

@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from conftest import jpeg
 from helpers import assert_top_n, decoded_image, onnx_direct
 from zoo_serving import InputQueue, OutputQueue
-
-pa = pytest.importorskip("pyarrow")
 
 RESULT_PREFIX = "cluster-serving_"
 STREAM = "serving_stream"  # the only stream the original client's OutputQueue reads

@@ -119,6 +119,37 @@ def test_seed_config_source_and_work_dir(tmp_path: Path) -> None:
     assert cfg.work_dir == tmp_path.resolve() / ".zoo-serving"
 
 
+@pytest.mark.parametrize(
+    ("written", "shape"),
+    [
+        ("1000", (1000,)),  # a YAML integer
+        ("[3, 224, 224]", (3, 224, 224)),  # a YAML flow list
+        ("\n    - 3\n    - 32\n    - 32", (3, 32, 32)),  # a YAML block list
+        ("[1000]", (1000,)),
+        ("3,224,224", (3, 224, 224)),  # the seed's text
+        ("'1000'", (1000,)),
+    ],
+)
+def test_data_shape_as_a_yaml_integer_list_or_text(
+    tmp_path: Path, written: str, shape: tuple[int, ...]
+) -> None:
+    cfg = load_config(_write(tmp_path, SEED_CONFIG.replace("  shape:\n", f"  shape: {written}\n")))
+    assert cfg.data.shape == shape
+    assert load_config(cfg.to_dict()).data.shape == shape  # as shipped to remote workers
+
+
+@pytest.mark.parametrize(
+    "written", ["0", "-3", "true", "3.5", "[3, 0, 4]", "[]", "[3, 2.5]", "[3, true]", "{c: 3}"]
+)
+def test_bad_data_shape_in_yaml_names_key_value_and_the_forms(tmp_path: Path, written: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, SEED_CONFIG.replace("  shape:\n", f"  shape: {written}\n")))
+    message = str(info.value)
+    assert message.startswith("data.shape: expected positive integers")
+    assert "3,224,224" in message and "[3, 224, 224]" in message and "1000" in message
+    assert message.endswith(f"got {yaml.safe_load(written)!r}")
+
+
 def test_seed_config_with_values_filled(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, FILLED_CONFIG))
 

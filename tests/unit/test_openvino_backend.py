@@ -10,12 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openvino as ov
 import pytest
+import torch
 
 from conftest import _torch_cnn, build_onnx_cnn
+from zoo_serving.backends import openvino_ir
 from zoo_serving.backends.base import ModelOptions
 from zoo_serving.backends.onnx_engine import onnx_model
 from zoo_serving.backends.onnx_runtime import OnnxModel
+from zoo_serving.backends.openvino_ir import OpenVinoModel
 from zoo_serving.errors import (
     ConfigError,
     IncompleteModelError,
@@ -24,12 +28,6 @@ from zoo_serving.errors import (
     ModelError,
     ModelNotFoundError,
 )
-
-ov = pytest.importorskip("openvino")
-torch = pytest.importorskip("torch")
-
-from zoo_serving.backends import openvino_ir  # noqa: E402
-from zoo_serving.backends.openvino_ir import OpenVinoModel  # noqa: E402
 
 SEED = 0
 ATOL = 1e-4

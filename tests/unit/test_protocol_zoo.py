@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from zoo_serving import keys
@@ -37,8 +38,6 @@ from zoo_serving.wire.zoo import (
     encode_payload,
     encode_result,
 )
-
-pa = pytest.importorskip("pyarrow")
 
 
 @pytest.fixture(scope="module")

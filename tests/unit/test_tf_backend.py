@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from zoo_serving.backends import ModelOptions, detect_model, load_model
 from zoo_serving.backends.tf_graph import TensorFlowModel
@@ -24,7 +25,6 @@ from zoo_serving.errors import (
 )
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-tf = pytest.importorskip("tensorflow")
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:tensorflow.*"),

@@ -98,9 +98,15 @@ def check_str(key: str, value: Any) -> str:
 
 
 def check_shape(key: str, value: Any) -> tuple[int, ...]:
-    """``3,224,224`` or ``[3, 224, 224]`` -> (3, 224, 224); images need three dims (C,H,W)."""
-    hint = f"{key}: expected comma-separated positive integers like 3,224,224, got {value!r}"
-    if isinstance(value, (list, tuple)):
+    """``3,224,224`` or a YAML list ``[3, 224, 224]`` -> (3, 224, 224); a YAML integer ``1000``
+    -> (1000,). Images need three dims (C,H,W); a tensor input may have any number."""
+    hint = (
+        f"{key}: expected positive integers, comma-separated like 3,224,224, a list like "
+        f"[3, 224, 224] or one integer like 1000; got {value!r}"
+    )
+    if isinstance(value, int) and not isinstance(value, bool):
+        parts = [str(value)]
+    elif isinstance(value, (list, tuple)):
         parts = [str(v) for v in value]
     elif isinstance(value, str):
         parts = [p for p in value.replace("[", "").replace("]", "").split(",")]

@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,8 @@ class CaffeNet:
     layers: list[Any]
     weights: dict[str, list[np.ndarray]] = field(default_factory=dict)
     source: str = ""
+    #: layer name -> the dims each of its weight blobs was written with (None: no dims at all)
+    dims: dict[str, list[tuple[int, ...] | None]] = field(default_factory=dict)
 
 
 def read_net(prototxt: Path, caffemodel: Path) -> CaffeNet:
@@ -104,31 +107,46 @@ def read_net(prototxt: Path, caffemodel: Path) -> CaffeNet:
         trained.ParseFromString(Path(caffemodel).read_bytes())
     except message.DecodeError as exc:
         raise ModelError(f"{caffemodel}: not a Caffe weights file (caffemodel): {exc}") from exc
+    trained_layers = [layer for layer in [*trained.layer, *trained.layers] if layer.blobs]
     weights = {
         str(layer.name): [blob_array(b, f"{caffemodel} layer {layer.name!r}") for b in layer.blobs]
-        for layer in [*trained.layer, *trained.layers]
-        if layer.blobs
+        for layer in trained_layers
     }
+    dims = {str(layer.name): [blob_dims(b) for b in layer.blobs] for layer in trained_layers}
     layers = [_upgrade_v1(v1) for v1 in net.layers] + list(net.layer)
     layers = [layer for layer in layers if _in_test_net(layer)]
-    return CaffeNet(net, layers, weights, source=str(prototxt))
+    return CaffeNet(net, layers, weights, source=str(prototxt), dims=dims)
+
+
+def blob_dims(blob: Any) -> tuple[int, ...] | None:
+    """The dims a BlobProto was written with: ``shape``, else the legacy
+    num/channels/height/width; None when it has neither."""
+    if blob.HasField("shape"):
+        return tuple(int(d) for d in blob.shape.dim)
+    legacy = (int(blob.num), int(blob.channels), int(blob.height), int(blob.width))
+    return legacy if any(legacy) else None
 
 
 def blob_array(blob: Any, where: str = "blob") -> np.ndarray:
-    """A BlobProto's values in their shape (``shape`` or the legacy num/channels/height/width)."""
+    """A BlobProto's values in the shape its dims give, or flat where they do not hold them.
+
+    BigDL's Caffe persister writes partial legacy dims (a convolution's weights as
+    ``(num_output, channels / group, 0, 0)``, an InnerProduct's as ``(0, 0, 0, inputs)``) and no
+    ``shape``. BigDL's own loader ignores such dims and fills a weight of the shape the layer's
+    parameters give, checking only the count; here the values stay flat and the layer's
+    converter shapes them the same way (:meth:`.graph.LayerCall.blob`), failing with the layer's
+    name when the count does not fit either.
+    """
     if len(blob.data):
         data = np.array(blob.data, dtype=np.float32)  # far faster than iterating the field
     else:
         data = np.array(blob.double_data, dtype=np.float64).astype(np.float32)
-    if blob.HasField("shape"):
-        shape = tuple(int(d) for d in blob.shape.dim)
-    else:
-        shape = (blob.num, blob.channels, blob.height, blob.width)
-        if not any(shape):
-            shape = (data.size,)
-    if int(np.prod(shape)) != data.size:
-        raise ModelError(f"{where}: blob shape {shape} does not hold its {data.size} values")
-    return data.reshape(shape)
+    dims = blob_dims(blob)
+    if dims is None or math.prod(dims) != data.size:
+        if dims is not None:
+            log.debug("%s: blob dims %s do not hold its %d values", where, dims, data.size)
+        return data
+    return data.reshape(dims)
 
 
 def _upgrade_v1(v1: Any) -> Any:
@@ -349,9 +367,11 @@ def _convert_layer(
     g: Graph, net: CaffeNet, layer: Any, inputs: Sequence[str], outputs: list[str]
 ) -> None:
     blobs = net.weights.get(str(layer.name))
-    if blobs is None:
+    dims = net.dims.get(str(layer.name), [])
+    if blobs is None:  # weights in the net definition itself
         blobs = [blob_array(b, f"{net.source} layer {layer.name!r}") for b in layer.blobs]
-    call = LayerCall(layer, list(inputs), outputs, blobs)
+        dims = [blob_dims(b) for b in layer.blobs]
+    call = LayerCall(layer, list(inputs), outputs, blobs, dims)
     HANDLERS[str(layer.type)](g, call)
     log.debug(
         "%s %r -> %s",

@@ -93,12 +93,13 @@ class Graph:
 @dataclass(frozen=True)
 class LayerCall:
     """One Caffe layer to convert: its definition, the ONNX names of its bottoms, the ONNX names
-    its tops must get, and its weight blobs."""
+    its tops must get, its weight blobs, and the dims each blob was written with."""
 
     layer: Any  # caffe_pb2.LayerParameter
     inputs: list[str]
     outputs: list[str]
     blobs: list[np.ndarray]
+    dims: Sequence[tuple[int, ...] | None] = ()
 
     @property
     def name(self) -> str:
@@ -128,8 +129,11 @@ class LayerCall:
         )
 
     def blob(self, index: int, what: str, shape: Sequence[int]) -> np.ndarray:
-        """Weight blob ``index`` as float32 of ``shape``; its own shape may differ (legacy 4-D
-        blobs), its size may not."""
+        """Weight blob ``index`` as float32 of ``shape``, the shape the layer's parameters give.
+
+        Only the count must match: the blob's own dims may differ (legacy 4-D blobs), or may
+        not hold its values at all (files from BigDL's Caffe persister), as in BigDL's loader.
+        """
         if index >= len(self.blobs):
             raise self.error(
                 f"expected {what} as weight blob {index}, but the layer has "
@@ -138,6 +142,13 @@ class LayerCall:
         blob = self.blobs[index]
         want = tuple(int(d) for d in shape)
         if blob.size != math.prod(want):
+            written = self.dims[index] if index < len(self.dims) else tuple(blob.shape)
+            if written is not None and math.prod(written) != blob.size:
+                raise self.error(
+                    f"{what} (blob {index}) has {blob.size} values, which neither its dims "
+                    f"{written} nor this layer's parameters fit: the layer needs {want}, "
+                    f"{math.prod(want)} values"
+                )
             raise self.error(
                 f"{what} (blob {index}) has shape {tuple(blob.shape)}, {blob.size} values; "
                 f"this layer needs {want}, {math.prod(want)} values"
