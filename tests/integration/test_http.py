@@ -235,3 +235,78 @@ def test_a_taken_port_is_a_clear_error(front_door: Any, http_config: Any) -> Non
     with pytest.raises(ServerError, match="cannot listen on .*; set http.port"):
         serve_http(http_config)  # the front door fixture holds that port
     assert front_door.get("/v2/health/live").status_code == 200
+
+
+# ---------------------------------------------------------------- limits
+
+
+def test_a_chunked_body_over_the_limit_is_a_413_and_never_buffered(http_config: Any) -> None:
+    import tracemalloc
+
+    from zoo_serving.http import serve_http
+
+    http_config["data"]["max_payload_bytes"] = 256 * 1024  # a body limit of 1 MiB
+    front = serve_http(http_config)
+    chunk = b"[" + b"1," * (1 << 19)
+    sent = []
+
+    def upload() -> Iterator[bytes]:  # 64 MiB with no Content-Length: Transfer-Encoding chunked
+        for _ in range(64):
+            sent.append(len(chunk))
+            yield chunk
+
+    tracemalloc.start()
+    try:
+        with httpx.Client(base_url=front.url, timeout=60) as client:
+            reply = client.post(INFER, content=upload())
+            declared = client.post(INFER, content=b" " * (2 << 20))  # Content-Length: 2 MiB
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        front.stop()
+    assert (reply.status_code, reply.json()["code"]) == (413, "too_large"), reply.text
+    assert "over the limit of 1048576 bytes" in reply.json()["error"]
+    assert sum(sent) > 32 << 20  # the client did send far past the limit
+    assert peak < 8 << 20, f"{peak} bytes held while {sum(sent)} came in"
+    assert (declared.status_code, declared.json()["code"]) == (413, "too_large")
+
+
+def test_deep_json_is_a_400_not_a_crash(front_door: Any) -> None:
+    deep = front_door.post(INFER, content=b"[" * 100_000 + b"]" * 100_000)
+    assert deep.status_code == 400, deep.text
+    assert deep.json() == {
+        "error": "the JSON nests 100000 levels deep, over the limit of 64",
+        "code": "bad_input",
+    }
+    nested = {"instances": [{"t": json.loads("[" * 70 + "1" + "]" * 70)}]}
+    predict = front_door.post("/predict", content=json.dumps(nested))
+    assert predict.status_code == 400 and "nests 73 levels" in predict.json()["error"]
+    overflow = front_door.post(
+        INFER,
+        json={"inputs": [{"name": "input", "shape": [2**62, 4], "datatype": "FP32", "data": []}]},
+    )
+    assert overflow.status_code == 400 and "int64" in overflow.json()["error"], overflow.text
+
+
+def test_a_payload_over_max_payload_bytes_is_refused_before_it_is_enqueued(
+    http_config: Any, redis_client: Any, stream: str
+) -> None:
+    from zoo_serving import keys
+    from zoo_serving.http import serve_http
+
+    redis_client.set(keys.ready(stream), "hung-worker")  # nothing would ever answer
+    http_config["data"]["max_payload_bytes"] = 10_000
+    http_config["http"]["timeout_s"] = 5
+    front = serve_http(http_config)
+    try:
+        with httpx.Client(base_url=front.url, timeout=30) as client:
+            tensor = client.post(INFER, json={"inputs": [_v2("input", _records(2))]})
+            image = base64.b64encode(jpeg(1, 400, 400)).decode()
+            predict = client.post("/predict", json={"instances": [{"t": image}]})
+    finally:
+        front.stop()
+    assert (tensor.status_code, tensor.json()["code"]) == (413, "too_large"), tensor.text
+    # no worker published the model, so the batch is one record of 2 x 3 x 32 x 32 float32
+    assert "input 'input': 24576 bytes is over the limit of 10000" in tensor.json()["error"]
+    assert (predict.status_code, predict.json()["code"]) == (413, "too_large"), predict.text
+    assert redis_client.xlen(stream) == 0  # nothing went to Redis

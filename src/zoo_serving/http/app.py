@@ -24,7 +24,7 @@ from ..errors import (
     ResultTimeoutError,
     ZooServingError,
 )
-from . import bodies
+from . import bodies, limits
 from .bodies import HttpError
 
 log = logging.getLogger(__name__)
@@ -166,12 +166,14 @@ def _failure(exc: BaseException) -> Any:
 
 
 class _Routes:
-    """What each route does; blocking work runs in the server's thread pool."""
+    """What each route does; blocking work (JSON parsing, Redis) runs in the server's thread
+    pool."""
 
     def __init__(self, config: Config) -> None:
         self.queue = DoorQueue(config)
         self.name = model_name(config)
-        self.body_limit = max(4 * config.data.max_payload_bytes, 1 << 20)  # JSON: ~4x bytes
+        self.max_payload_bytes = config.data.max_payload_bytes
+        self.body_limit = max(4 * self.max_payload_bytes, 1 << 20)  # JSON: ~4x bytes
 
     async def call(self, fn: Any, *args: Any) -> Any:
         from starlette.concurrency import run_in_threadpool
@@ -182,17 +184,15 @@ class _Routes:
             return _failure(exc)
 
     async def post(self, fn: Any, request: Any, requested: str | None = None) -> Any:
-        """Check the model name and read the JSON body, then run ``fn(body)``."""
+        """Check the model name, read the body up to its limit, then parse it and run
+        ``fn(body)`` in the thread pool."""
         try:
             if requested is not None:
                 self.check_name(requested)
-            length = request.headers.get("content-length")
-            if length and length.isdigit() and int(length) > self.body_limit:
-                raise HttpError(413, f"body of {length} bytes is over the limit {self.body_limit}")
-            body = bodies.parse_body(await request.body())
+            raw = await limits.read_body(request, self.body_limit)
         except HttpError as exc:
             return _failure(exc)
-        return await self.call(fn, body)
+        return await self.call(lambda: fn(limits.parse_json(raw)))
 
     def check_name(self, requested: str) -> None:
         if requested != self.name:
@@ -204,6 +204,7 @@ class _Routes:
         info = self.queue.model() or {"inputs": []}
         dtypes = [np.dtype(s["dtype"]) for s in info["inputs"]]
         records = bodies.parse_instances(body, dtypes)
+        limits.check_payloads(records, self.max_payload_bytes)
         self.queue.require_ready()
         return bodies.predictions(self.queue.run(records))
 
@@ -212,6 +213,7 @@ class _Routes:
         info = self.queue.require_ready()
         ranks = {s["name"]: len(s["shape"]) - 1 for s in info["inputs"]}
         records, batched = bodies.split_batch(tensors, ranks)
+        limits.check_payloads(records, self.max_payload_bytes)
         results = self.queue.run(records)
         outputs = [s["name"] for s in info["outputs"]]
         content: dict[str, Any] = {"model_name": self.name}
