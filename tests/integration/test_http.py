@@ -288,6 +288,35 @@ def test_deep_json_is_a_400_not_a_crash(front_door: Any) -> None:
     assert overflow.status_code == 400 and "int64" in overflow.json()["error"], overflow.text
 
 
+def test_unknown_routes_and_methods_answer_the_json_error(front_door: Any) -> None:
+    missing = front_door.get("/v3/anything")
+    assert missing.status_code == 404
+    assert missing.json()["code"] == "not_found"
+    assert "no route GET /v3/anything; the routes are POST /predict" in missing.json()["error"]
+    wrong = front_door.post("/v2/health/live")
+    assert wrong.status_code == 405 and wrong.json()["code"] == "method_not_allowed"
+    assert "GET" in wrong.headers["allow"]
+    for path in (f"/v2/models/{NAME}/versions/2", f"/v2/models/{NAME}/versions/2/ready"):
+        version = front_door.get(path)
+        assert (version.status_code, version.json()["code"]) == (404, "no_version"), path
+        assert "it serves version '1'" in version.json()["error"]
+    infer = front_door.post(f"/v2/models/{NAME}/versions/2/infer", json={"inputs": []})
+    assert (infer.status_code, infer.json()["code"]) == (404, "no_version")
+
+
+def test_a_version_of_the_model_answers_like_the_model(served: Callable[..., Any]) -> None:
+    client = served(**{"params.top_n": 0})
+    base = f"/v2/models/{NAME}/versions/1"
+    meta = client.get(base).json()
+    assert meta == client.get(f"/v2/models/{NAME}").json()
+    assert meta["versions"] == ["1"]
+    assert client.get(f"{base}/ready").json() == {"name": NAME, "ready": True}
+    reply = client.post(f"{base}/infer", json={"inputs": [_v2("input", _records(1)[0])]})
+    assert reply.status_code == 200, reply.text
+    assert (reply.json()["model_name"], reply.json()["model_version"]) == (NAME, "1")
+    assert reply.json()["outputs"][0]["shape"] == [10]
+
+
 def test_a_payload_over_max_payload_bytes_is_refused_before_it_is_enqueued(
     http_config: Any, redis_client: Any, stream: str
 ) -> None:
