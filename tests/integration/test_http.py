@@ -102,7 +102,8 @@ def test_health_before_and_after_the_model_is_ready(
     meta = front_door.get(f"/v2/models/{NAME}").json()
     assert meta["name"] == NAME and meta["platform"] == "onnx"
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 32, 32]}]
-    assert meta["outputs"] == [{"name": "prob", "datatype": "FP32", "shape": [-1, 10]}]
+    # served with params.top_n 3: infer answers with the output topn, so that is what is listed
+    assert meta["outputs"] == [{"name": "topn", "datatype": "FP32", "shape": [-1, 3, 2]}]
     missing = front_door.get("/v2/models/resnet/ready")
     assert missing.status_code == 404 and "cnn" in missing.json()["error"]
     assert front_door.get("/v2").json()["name"] == "zoo_serving"
@@ -302,6 +303,38 @@ def test_unknown_routes_and_methods_answer_the_json_error(front_door: Any) -> No
         assert "it serves version '1'" in version.json()["error"]
     infer = front_door.post(f"/v2/models/{NAME}/versions/2/infer", json={"inputs": []})
     assert (infer.status_code, infer.json()["code"]) == (404, "no_version")
+
+
+@pytest.mark.parametrize("top_n", [0, 3])
+def test_metadata_outputs_are_exactly_what_infer_answers_and_accepts(
+    served: Callable[..., Any], top_n: int
+) -> None:
+    client = served(**{"params.top_n": top_n})
+    meta = client.get(f"/v2/models/{NAME}").json()
+    offered = [o["name"] for o in meta["outputs"]]
+    assert offered == (["topn"] if top_n else ["prob"])
+    batch = _records(2, seed=4)
+
+    every = client.post(INFER, json={"inputs": [_v2("input", batch)]}).json()["outputs"]
+    assert [o["name"] for o in every] == offered
+    for out, described in zip(every, meta["outputs"]):
+        assert out["datatype"] == described["datatype"]
+        assert len(out["shape"]) == len(described["shape"])
+        assert all(d in (-1, got) for d, got in zip(described["shape"], out["shape"]))
+    for name in offered:
+        body = {"inputs": [_v2("input", batch)], "outputs": [{"name": name}]}
+        one = client.post(INFER, json=body)
+        assert one.status_code == 200, one.text
+        assert [o["name"] for o in one.json()["outputs"]] == [name]
+    other = "prob" if top_n else "topn"
+    refused = client.post(
+        INFER, json={"inputs": [_v2("input", batch)], "outputs": [{"name": other}]}
+    )
+    assert refused.status_code == 400
+    assert (
+        f"outputs ['{other}'] are not among the outputs of model 'cnn': {offered}"
+        in (refused.json()["error"])
+    )
 
 
 def test_a_version_of_the_model_answers_like_the_model(served: Callable[..., Any]) -> None:

@@ -16,6 +16,7 @@ from zoo_serving.http.bodies import (
     parse_v2_inputs,
     predictions,
     split_batch,
+    v2_output_specs,
     v2_outputs,
 )
 from zoo_serving.http.limits import MAX_JSON_CONTAINERS, parse_json
@@ -155,3 +156,14 @@ def test_json_too_deep_or_too_many_arrays_is_refused_before_parsing(
 def test_json_depth_ignores_brackets_in_strings() -> None:
     text = json.dumps({"id": "[" * 500 + '\\"{', "inputs": [{"data": [[1, 2], [3, 4]]}]})
     assert parse_json(text.encode())["inputs"][0]["data"] == [[1, 2], [3, 4]]
+
+
+def test_v2_output_specs_are_the_top_n_output_when_workers_answer_with_it() -> None:
+    info = {"outputs": [{"name": "prob", "dtype": "<f4", "shape": [-1, 10]}]}
+    assert v2_output_specs(info) == [{"name": "prob", "datatype": "FP32", "shape": [-1, 10]}]
+    assert v2_output_specs({**info, "top_n": 3}) == [
+        {"name": "topn", "datatype": "FP32", "shape": [-1, 3, 2]}
+    ]
+    assert v2_output_specs({**info, "top_n": 50})[0]["shape"] == [-1, 10, 2]
+    free = {"outputs": [{"name": "p", "dtype": "<f4", "shape": [-1, -1]}], "top_n": 5}
+    assert v2_output_specs(free)[0]["shape"] == [-1, -1, 2]

@@ -220,6 +220,13 @@ class _Routes:
     def infer(self, body: Any, version: str | None = None) -> Any:
         tensors, wanted = bodies.parse_v2_inputs(body)
         info = self.queue.require_ready()
+        offered = [s["name"] for s in bodies.v2_output_specs(info)]
+        unknown = [name for name in wanted or () if name not in offered]
+        if unknown:
+            raise bodies.bad(
+                f"outputs {unknown} are not among the outputs of model {self.name!r}: {offered} "
+                f"(as GET /v2/models/{self.name} lists them)"
+            )
         ranks = {s["name"]: len(s["shape"]) - 1 for s in info["inputs"]}
         records, batched = bodies.split_batch(tensors, ranks)
         limits.check_payloads(records, self.max_payload_bytes)
@@ -243,7 +250,7 @@ class _Routes:
             "versions": [MODEL_VERSION],
             "platform": info.get("backend", ""),
             "inputs": [bodies.v2_tensor_spec(s) for s in info["inputs"]],
-            "outputs": [bodies.v2_tensor_spec(s) for s in info["outputs"]],
+            "outputs": bodies.v2_output_specs(info),
         }
 
     async def ready(self, *named: str) -> Any:

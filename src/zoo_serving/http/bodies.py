@@ -319,6 +319,18 @@ def v2_outputs(
     return out
 
 
+def v2_output_specs(info: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The outputs ``infer`` answers with and accepts in ``outputs``, as v2 metadata: the
+    model's own, or the one output ``topn`` (FP32 ``[batch, k, 2]``) when the workers answer
+    with the top-N (``info["top_n"]``, published by the workers with the model)."""
+    n = int(info.get("top_n") or 0)
+    if n > 0 and info["outputs"]:
+        classes = [d for d in info["outputs"][0]["shape"][1:] if d != 1]
+        k = min(n, classes[0]) if len(classes) == 1 and classes[0] > 0 else -1
+        return [{"name": TOPN_OUTPUT, "datatype": "FP32", "shape": [-1, k, 2]}]
+    return [v2_tensor_spec(s) for s in info["outputs"]]
+
+
 def v2_tensor_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """A model input/output spec (numpy dtype string) as v2 metadata."""
     return {
