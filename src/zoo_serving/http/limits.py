@@ -26,22 +26,20 @@ async def read_body(request: Any, limit: int) -> bytes:
     whether it declares a Content-Length or comes chunked."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
-        raise HttpError(413, _over(f"a body of {length} bytes", limit), PayloadTooLargeError.code)
+        raise _too_large(f"a body of {length} bytes is over the limit", limit, "it was not read")
     chunks = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise HttpError(413, _over(f"a body of over {limit} bytes", limit), "too_large")
+            raise _too_large("the body is over the limit", limit, "it was not read further")
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _over(what: str, limit: int) -> str:
-    return (
-        f"{what} is over the limit of {limit} bytes (4 x data.max_payload_bytes, at least 1 MiB); "
-        "it was not read further"
-    )
+def _too_large(what: str, limit: int, then: str) -> HttpError:
+    why = "4 x data.max_payload_bytes, at least 1 MiB"
+    return HttpError(413, f"{what} of {limit} bytes ({why}); {then}", PayloadTooLargeError.code)
 
 
 def json_nesting(body: bytes) -> tuple[int, int]:
