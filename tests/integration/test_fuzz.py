@@ -11,9 +11,7 @@ input. The server must survive all of it and leave nothing pending.
 from __future__ import annotations
 
 import itertools
-import struct
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +22,15 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from bombs import (
+    bmp_claiming,
+    gif_claiming,
+    jpeg_with_fill_claiming,
+    png_claiming,
+    pnm_claiming,
+    tiff_claiming,
+    webp_lossless_claiming,
+)
 from conftest import jpeg
 from helpers import assert_top_n, decoded_image, onnx_direct
 from zoo_serving import keys
@@ -473,38 +480,23 @@ def no_uri(draw: st.DrawFn) -> Record:
 # them into BAD_KINDS once src is fixed.
 
 
-def png_claiming(width: int, height: int) -> bytes:
-    """A well-formed PNG (valid CRCs) whose header claims ``width`` x ``height`` pixels."""
-
-    def chunk(tag: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(tag + body) & 0xFFFFFFFF
-        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
-def gif_claiming(width: int, height: int) -> bytes:
-    return b"GIF89a" + struct.pack("<HHBBB", width, height, 0, 0, 0) + b";"
-
-
-def bmp_claiming(width: int, height: int) -> bytes:
-    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 0, 0, 0, 0)
-    return b"BM" + struct.pack("<IHHI", 1000, 0, 0, 54) + info + bytes(64)
+# format, a file claiming width x height, the smallest and largest dims drawn: every size is
+# over data.max_image_pixels (2**26) and must be refused by its header, before any decode
+ABSURD = [
+    ("png", png_claiming, 40_000, 10**6),
+    ("gif", gif_claiming, 40_000, 65535),
+    ("bmp", bmp_claiming, 40_000, 2**31 - 1),
+    ("webp", webp_lossless_claiming, 9_000, 16384),
+    ("tiff", tiff_claiming, 40_000, 2**32 - 1),
+    ("jpeg_fill", jpeg_with_fill_claiming, 40_000, 65535),
+    ("pnm", pnm_claiming, 40_000, 10**9),
+]
 
 
 @st.composite
 def image_absurd_dims(draw: st.DrawFn) -> Record:
-    # over 2**30 pixels, OpenCV's own limit (2**26 when zoo_serving imports cv2 first);
-    # PNG dims under libpng's 1,000,000 limit, so OpenCV's check is what refuses them
-    fmt, claiming, top = draw(
-        st.sampled_from(
-            [("png", png_claiming, 10**6), ("gif", gif_claiming, 65535)]
-            + [("bmp", bmp_claiming, 2**31 - 1)]
-        )
-    )
-    w, h = draw(st.integers(40_000, top)), draw(st.integers(40_000, top))
+    fmt, claiming, low, top = draw(st.sampled_from(ABSURD))
+    w, h = draw(st.integers(low, top)), draw(st.integers(low, top))
     return bad(
         f"image_absurd_dims:{fmt}",
         {b"image:" + draw(names): claiming(w, h)},

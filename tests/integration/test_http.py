@@ -101,7 +101,8 @@ def test_health_before_and_after_the_model_is_ready(
     meta = front_door.get(f"/v2/models/{NAME}").json()
     assert meta["name"] == NAME and meta["platform"] == "onnx"
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 32, 32]}]
-    assert meta["outputs"] == [{"name": "prob", "datatype": "FP32", "shape": [-1, 10]}]
+    # served with params.top_n 3: infer answers with the output topn, so that is what is listed
+    assert meta["outputs"] == [{"name": "topn", "datatype": "FP32", "shape": [-1, 3, 2]}]
     missing = front_door.get("/v2/models/resnet/ready")
     assert missing.status_code == 404 and "cnn" in missing.json()["error"]
     assert front_door.get("/v2").json()["name"] == "zoo_serving"
@@ -234,3 +235,139 @@ def test_a_taken_port_is_a_clear_error(front_door: Any, http_config: Any) -> Non
     with pytest.raises(ServerError, match="cannot listen on .*; set http.port"):
         serve_http(http_config)  # the front door fixture holds that port
     assert front_door.get("/v2/health/live").status_code == 200
+
+
+# ---------------------------------------------------------------- limits
+
+
+def test_a_chunked_body_over_the_limit_is_a_413_and_never_buffered(http_config: Any) -> None:
+    import tracemalloc
+
+    from zoo_serving.http import serve_http
+
+    http_config["data"]["max_payload_bytes"] = 256 * 1024  # a body limit of 1 MiB
+    front = serve_http(http_config)
+    chunk = b"[" + b"1," * (1 << 19)
+    sent = []
+
+    def upload() -> Iterator[bytes]:  # 64 MiB with no Content-Length: Transfer-Encoding chunked
+        for _ in range(64):
+            sent.append(len(chunk))
+            yield chunk
+
+    tracemalloc.start()
+    try:
+        with httpx.Client(base_url=front.url, timeout=60) as client:
+            reply = client.post(INFER, content=upload())
+            declared = client.post(INFER, content=b" " * (2 << 20))  # Content-Length: 2 MiB
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        front.stop()
+    assert (reply.status_code, reply.json()["code"]) == (413, "too_large"), reply.text
+    assert "over the limit of 1048576 bytes" in reply.json()["error"]
+    assert sum(sent) > 32 << 20  # the client did send far past the limit
+    assert peak < 8 << 20, f"{peak} bytes held while {sum(sent)} came in"
+    assert (declared.status_code, declared.json()["code"]) == (413, "too_large")
+
+
+def test_deep_json_is_a_400_not_a_crash(front_door: Any) -> None:
+    deep = front_door.post(INFER, content=b"[" * 100_000 + b"]" * 100_000)
+    assert deep.status_code == 400, deep.text
+    assert deep.json() == {
+        "error": "the JSON nests 100000 levels deep, over the limit of 64",
+        "code": "bad_input",
+    }
+    nested = {"instances": [{"t": json.loads("[" * 70 + "1" + "]" * 70)}]}
+    predict = front_door.post("/predict", content=json.dumps(nested))
+    assert predict.status_code == 400 and "nests 73 levels" in predict.json()["error"]
+    overflow = front_door.post(
+        INFER,
+        json={"inputs": [{"name": "input", "shape": [2**62, 4], "datatype": "FP32", "data": []}]},
+    )
+    assert overflow.status_code == 400 and "int64" in overflow.json()["error"], overflow.text
+
+
+def test_unknown_routes_and_methods_answer_the_json_error(front_door: Any) -> None:
+    missing = front_door.get("/v3/anything")
+    assert missing.status_code == 404
+    assert missing.json()["code"] == "not_found"
+    assert "no route GET /v3/anything; the routes are POST /predict" in missing.json()["error"]
+    wrong = front_door.post("/v2/health/live")
+    assert wrong.status_code == 405 and wrong.json()["code"] == "method_not_allowed"
+    assert "GET" in wrong.headers["allow"]
+    for path in (f"/v2/models/{NAME}/versions/2", f"/v2/models/{NAME}/versions/2/ready"):
+        version = front_door.get(path)
+        assert (version.status_code, version.json()["code"]) == (404, "no_version"), path
+        assert "it serves version '1'" in version.json()["error"]
+    infer = front_door.post(f"/v2/models/{NAME}/versions/2/infer", json={"inputs": []})
+    assert (infer.status_code, infer.json()["code"]) == (404, "no_version")
+
+
+@pytest.mark.parametrize("top_n", [0, 3])
+def test_metadata_outputs_are_exactly_what_infer_answers_and_accepts(
+    served: Callable[..., Any], top_n: int
+) -> None:
+    client = served(**{"params.top_n": top_n})
+    meta = client.get(f"/v2/models/{NAME}").json()
+    offered = [o["name"] for o in meta["outputs"]]
+    assert offered == (["topn"] if top_n else ["prob"])
+    batch = _records(2, seed=4)
+
+    every = client.post(INFER, json={"inputs": [_v2("input", batch)]}).json()["outputs"]
+    assert [o["name"] for o in every] == offered
+    for out, described in zip(every, meta["outputs"]):
+        assert out["datatype"] == described["datatype"]
+        assert len(out["shape"]) == len(described["shape"])
+        assert all(d in (-1, got) for d, got in zip(described["shape"], out["shape"]))
+    for name in offered:
+        body = {"inputs": [_v2("input", batch)], "outputs": [{"name": name}]}
+        one = client.post(INFER, json=body)
+        assert one.status_code == 200, one.text
+        assert [o["name"] for o in one.json()["outputs"]] == [name]
+    other = "prob" if top_n else "topn"
+    refused = client.post(
+        INFER, json={"inputs": [_v2("input", batch)], "outputs": [{"name": other}]}
+    )
+    assert refused.status_code == 400
+    assert (
+        f"outputs ['{other}'] are not among the outputs of model 'cnn': {offered}"
+        in (refused.json()["error"])
+    )
+
+
+def test_a_version_of_the_model_answers_like_the_model(served: Callable[..., Any]) -> None:
+    client = served(**{"params.top_n": 0})
+    base = f"/v2/models/{NAME}/versions/1"
+    meta = client.get(base).json()
+    assert meta == client.get(f"/v2/models/{NAME}").json()
+    assert meta["versions"] == ["1"]
+    assert client.get(f"{base}/ready").json() == {"name": NAME, "ready": True}
+    reply = client.post(f"{base}/infer", json={"inputs": [_v2("input", _records(1)[0])]})
+    assert reply.status_code == 200, reply.text
+    assert (reply.json()["model_name"], reply.json()["model_version"]) == (NAME, "1")
+    assert reply.json()["outputs"][0]["shape"] == [10]
+
+
+def test_a_payload_over_max_payload_bytes_is_refused_before_it_is_enqueued(
+    http_config: Any, redis_client: Any, stream: str
+) -> None:
+    from zoo_serving import keys
+    from zoo_serving.http import serve_http
+
+    redis_client.set(keys.ready(stream), "hung-worker")  # nothing would ever answer
+    http_config["data"]["max_payload_bytes"] = 10_000
+    http_config["http"]["timeout_s"] = 5
+    front = serve_http(http_config)
+    try:
+        with httpx.Client(base_url=front.url, timeout=30) as client:
+            tensor = client.post(INFER, json={"inputs": [_v2("input", _records(2))]})
+            image = base64.b64encode(jpeg(1, 400, 400)).decode()
+            predict = client.post("/predict", json={"instances": [{"t": image}]})
+    finally:
+        front.stop()
+    assert (tensor.status_code, tensor.json()["code"]) == (413, "too_large"), tensor.text
+    # no worker published the model, so the batch is one record of 2 x 3 x 32 x 32 float32
+    assert "input 'input': 24576 bytes is over the limit of 10000" in tensor.json()["error"]
+    assert (predict.status_code, predict.json()["code"]) == (413, "too_large"), predict.text
+    assert redis_client.xlen(stream) == 0  # nothing went to Redis

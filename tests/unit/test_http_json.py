@@ -16,8 +16,10 @@ from zoo_serving.http.bodies import (
     parse_v2_inputs,
     predictions,
     split_batch,
+    v2_output_specs,
     v2_outputs,
 )
+from zoo_serving.http.limits import MAX_JSON_CONTAINERS, parse_json
 
 
 def _v2(**fields: object) -> dict:
@@ -48,6 +50,11 @@ def test_v2_inputs_flat_or_nested_in_their_datatype() -> None:
         (_v2(data=[1, 0, 1, 0, 1, 0], datatype="BOOL"), "true/false"),
         (_v2(data=[[1, 2, 3], [4, 5]]), "ragged"),
         ({"inputs": [{"shape": [1], "datatype": "FP32", "data": [1]}]}, "'name'"),
+        # sizes an int64 cannot count: once a wrapped np.prod, then numpy's ValueError, a 500
+        (_v2(shape=[2**62, 4], data=[]), r"more values than an int64 counts"),
+        (_v2(shape=[0, 2**40, 2**40], data=[]), r"more values than an int64 counts"),
+        (_v2(shape=[2**64], data=[]), r"more values than an int64 counts"),
+        (_v2(shape=[1] * 33, data=[1]), "33 dims is over the limit of 32"),
     ],
 )
 def test_v2_inputs_refused_with_a_message(body: dict, fragment: str) -> None:
@@ -120,3 +127,43 @@ def test_start_http_flag_sets_http_port() -> None:
     assert model_name(cfg) == "resnet"
     assert model_name(load_config({"model": {"path": "/m/resnet50"}})) == "resnet50"
     assert model_name(cfg.replace(**{"http.model_name": "r"})) == "r"
+
+
+def test_zero_size_tensors_with_countable_dims_still_parse() -> None:
+    tensors, _ = parse_v2_inputs(_v2(shape=[0, 2**20, 2**20], data=[]))
+    assert tensors["x"].shape == (0, 2**20, 2**20)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nests 100000 levels deep, over the limit of 64"),
+        (b'{"inputs": ' + b"[" * 65 + b"]" * 65 + b"}", "nests 66 levels deep"),
+        (b"[" * 100_000, "nests 100000 levels deep"),  # unbalanced: Python would recurse
+        (b"[" + b"[]," * MAX_JSON_CONTAINERS + b"[]]", "arrays and objects, over the limit"),
+        (b'{"inputs": [', "not valid JSON"),
+    ],
+    ids=["deep", "deep-in-a-body", "deep-unclosed", "many-arrays", "malformed"],
+)
+def test_json_too_deep_or_too_many_arrays_is_refused_before_parsing(
+    body: bytes, fragment: str
+) -> None:
+    with pytest.raises(HttpError, match=fragment) as info:
+        parse_json(body)
+    assert info.value.status == 400
+
+
+def test_json_depth_ignores_brackets_in_strings() -> None:
+    text = json.dumps({"id": "[" * 500 + '\\"{', "inputs": [{"data": [[1, 2], [3, 4]]}]})
+    assert parse_json(text.encode())["inputs"][0]["data"] == [[1, 2], [3, 4]]
+
+
+def test_v2_output_specs_are_the_top_n_output_when_workers_answer_with_it() -> None:
+    info = {"outputs": [{"name": "prob", "dtype": "<f4", "shape": [-1, 10]}]}
+    assert v2_output_specs(info) == [{"name": "prob", "datatype": "FP32", "shape": [-1, 10]}]
+    assert v2_output_specs({**info, "top_n": 3}) == [
+        {"name": "topn", "datatype": "FP32", "shape": [-1, 3, 2]}
+    ]
+    assert v2_output_specs({**info, "top_n": 50})[0]["shape"] == [-1, 10, 2]
+    free = {"outputs": [{"name": "p", "dtype": "<f4", "shape": [-1, -1]}], "top_n": 5}
+    assert v2_output_specs(free)[0]["shape"] == [-1, -1, 2]

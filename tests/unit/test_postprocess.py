@@ -179,3 +179,20 @@ def test_per_record_scalar_output_keeps_its_shape() -> None:
         assert isinstance(got, np.ndarray)
         assert got.shape == ()
         assert got.item() == value
+
+
+def test_answers_with_top_n_follows_is_class_vector_on_the_described_shapes() -> None:
+    from zoo_serving.backends.base import TensorSpec
+    from zoo_serving.serving.postprocess import answers_with_top_n
+
+    def spec(shape: tuple, dtype: str = "<f4", ranked: bool = True) -> TensorSpec:
+        return TensorSpec("y", np.dtype(dtype), shape, ranked)
+
+    assert answers_with_top_n([spec((None, 10))], 3)
+    assert answers_with_top_n([spec((None, 1, 10))], 3)
+    assert answers_with_top_n([spec((None, None))], 3)  # a free dim counts as classes
+    assert not answers_with_top_n([spec((None, 10))], 0)
+    assert not answers_with_top_n([spec((None, 10)), spec((None, 4))], 3)
+    assert not answers_with_top_n([spec((None, 4, 10))], 3)
+    assert not answers_with_top_n([spec((None, 10), "<i8")], 3)
+    assert not answers_with_top_n([spec((None,), ranked=False)], 3)

@@ -232,6 +232,22 @@ def test_unknown_rank_input_takes_data_shape_channels_last(tmp_path: Path) -> No
         np.testing.assert_array_equal(model.predict({"x": x})["Identity:0"], 3 * x)
 
 
+def test_an_output_of_unknown_rank_fits_any_shape(tmp_path: Path) -> None:
+    # the batch core checks outputs against their description; unknown rank describes none
+    from zoo_serving.serving.batch import BatchCore
+
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.float32)])
+    def scale(x: Any) -> Any:
+        return x * 3.0
+
+    freeze(scale, tmp_path / "g.pb")
+    with TensorFlowModel(str(tmp_path / "g.pb"), ModelOptions(input_shape=(3, 8, 6))) as model:
+        assert not model.outputs[0].ranked
+        x = np.ones((8, 6, 3), F32)
+        out = BatchCore(model, top_n=0).predict([{"x": x}, {"x": 2 * x}])
+        np.testing.assert_array_equal(out["Identity:0"], np.stack([3 * x, 6 * x]))
+
+
 def test_outputs_that_need_an_input_not_named(tmp_path: Path, two_heads: TwoHeads) -> None:
     freeze(two_heads.heads, tmp_path / "g.pb", {"input_names": ["a:0"]})
     with pytest.raises(ModelError, match=r"outputs \['Identity:0', .* from inputs \['a:0'\]"):

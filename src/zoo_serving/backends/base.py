@@ -19,17 +19,27 @@ log = logging.getLogger(__name__)
 class TensorSpec:
     """Name, dtype and shape of a model input or output; ``None`` marks a free dimension.
 
-    The first dimension is the batch dimension.
+    The first dimension is the batch dimension. ``ranked`` is False where the framework does
+    not know the rank (``shape`` is then a stand-in, and any shape fits).
     """
 
     name: str
     dtype: np.dtype
     shape: tuple[int | None, ...]
+    ranked: bool = True
 
     @property
     def record_shape(self) -> tuple[int | None, ...]:
         """The shape of one record: the spec's shape without the batch dimension."""
         return self.shape[1:]
+
+    def fits(self, record_shape: tuple[int, ...]) -> bool:
+        """Whether one record's actual shape is the described one (a free dim fits any size)."""
+        want = self.record_shape
+        return not self.ranked or (
+            len(record_shape) == len(want)
+            and all(w is None or w == got for w, got in zip(want, record_shape))
+        )
 
     @property
     def max_batch(self) -> int | None:

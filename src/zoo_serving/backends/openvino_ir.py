@@ -312,4 +312,4 @@ def _spec(port: Any, name: str, unknown: tuple[int | None, ...]) -> TensorSpec:
         dims = unknown
     else:
         dims = tuple(d.get_length() if d.is_static else None for d in shape)
-    return TensorSpec(name, np.dtype(_OV_TYPES[type_name]), dims)
+    return TensorSpec(name, np.dtype(_OV_TYPES[type_name]), dims, ranked=shape.rank.is_static)

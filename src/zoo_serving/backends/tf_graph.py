@@ -98,7 +98,7 @@ def _spec(
             "feed or encode; serve a model whose inputs and outputs are numeric tensors"
         )
     dims = tuple(shape.as_list()) if shape.rank is not None else unranked
-    return TensorSpec(name, np_dtype, dims)
+    return TensorSpec(name, np_dtype, dims, ranked=shape.rank is not None)
 
 
 def _hwc(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -8,7 +8,7 @@ start`` and ``status``, :meth:`InputQueue.wait_ready`, the HTTP front door's rea
 - ``workers``: a hash, worker name -> JSON heartbeat, rewritten every :data:`HEARTBEAT_S`;
 - ``ready``: set (to a worker's name) while a worker is ready, renewed with each beat and
   expiring after :data:`HEARTBEAT_TTL_S`, so it lapses when no ready worker is left;
-- ``model``: JSON of the served model (backend, inputs, outputs);
+- ``model``: JSON of the served model (backend, inputs, outputs, top_n);
 - ``control``: a stop request, ``{"cmd": "stop", "ts": ...}``, for workers started before it.
 
 Example::

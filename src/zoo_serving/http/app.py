@@ -24,13 +24,14 @@ from ..errors import (
     ResultTimeoutError,
     ZooServingError,
 )
-from . import bodies
+from . import bodies, limits
 from .bodies import HttpError
 
 log = logging.getLogger(__name__)
 
 READY_CACHE_S = 0.5  # a positive readiness answer is reused this long
 MODEL_CACHE_S = 2.0  # the published model description is reused this long
+MODEL_VERSION = "1"  # one model, one version: what /v2/models/<name>/versions/<v> accepts
 
 
 def _imports() -> Any:
@@ -166,12 +167,14 @@ def _failure(exc: BaseException) -> Any:
 
 
 class _Routes:
-    """What each route does; blocking work runs in the server's thread pool."""
+    """What each route does; blocking work (JSON parsing, Redis) runs in the server's thread
+    pool."""
 
     def __init__(self, config: Config) -> None:
         self.queue = DoorQueue(config)
         self.name = model_name(config)
-        self.body_limit = max(4 * config.data.max_payload_bytes, 1 << 20)  # JSON: ~4x bytes
+        self.max_payload_bytes = config.data.max_payload_bytes
+        self.body_limit = max(4 * self.max_payload_bytes, 1 << 20)  # JSON: ~4x bytes
 
     async def call(self, fn: Any, *args: Any) -> Any:
         from starlette.concurrency import run_in_threadpool
@@ -181,83 +184,101 @@ class _Routes:
         except Exception as exc:
             return _failure(exc)
 
-    async def post(self, fn: Any, request: Any, requested: str | None = None) -> Any:
-        """Check the model name and read the JSON body, then run ``fn(body)``."""
+    async def post(self, fn: Any, request: Any, *named: str) -> Any:
+        """Check the model name (and version), read the body up to its limit, then parse it
+        and run ``fn(body, version)`` in the thread pool."""
         try:
-            if requested is not None:
-                self.check_name(requested)
-            length = request.headers.get("content-length")
-            if length and length.isdigit() and int(length) > self.body_limit:
-                raise HttpError(413, f"body of {length} bytes is over the limit {self.body_limit}")
-            body = bodies.parse_body(await request.body())
+            if named:
+                self.check_name(*named)
+            raw = await limits.read_body(request, self.body_limit)
         except HttpError as exc:
             return _failure(exc)
-        return await self.call(fn, body)
+        version = named[1] if len(named) > 1 else None
+        return await self.call(lambda: fn(limits.parse_json(raw), version))
 
-    def check_name(self, requested: str) -> None:
+    def check_name(self, requested: str, version: str | None = None) -> None:
         if requested != self.name:
             raise HttpError(
                 404, f"no model {requested!r}; this server serves {self.name!r}", "no_model"
             )
+        if version is not None and version != MODEL_VERSION:
+            raise HttpError(
+                404,
+                f"no version {version!r} of model {self.name!r}; it serves version "
+                f"{MODEL_VERSION!r}",
+                "no_version",
+            )
 
-    def predict(self, body: Any) -> Any:
+    def predict(self, body: Any, version: str | None = None) -> Any:
         info = self.queue.model() or {"inputs": []}
         dtypes = [np.dtype(s["dtype"]) for s in info["inputs"]]
         records = bodies.parse_instances(body, dtypes)
+        limits.check_payloads(records, self.max_payload_bytes)
         self.queue.require_ready()
         return bodies.predictions(self.queue.run(records))
 
-    def infer(self, body: Any) -> Any:
+    def infer(self, body: Any, version: str | None = None) -> Any:
         tensors, wanted = bodies.parse_v2_inputs(body)
         info = self.queue.require_ready()
+        offered = [s["name"] for s in bodies.v2_output_specs(info)]
+        unknown = [name for name in wanted or () if name not in offered]
+        if unknown:
+            raise bodies.bad(
+                f"outputs {unknown} are not among the outputs of model {self.name!r}: {offered} "
+                f"(as GET /v2/models/{self.name} lists them)"
+            )
         ranks = {s["name"]: len(s["shape"]) - 1 for s in info["inputs"]}
         records, batched = bodies.split_batch(tensors, ranks)
+        limits.check_payloads(records, self.max_payload_bytes)
         results = self.queue.run(records)
         outputs = [s["name"] for s in info["outputs"]]
         content: dict[str, Any] = {"model_name": self.name}
+        if version is not None:
+            content["model_version"] = version
         if isinstance(body.get("id"), str):
             content["id"] = body["id"]
         content["outputs"] = bodies.v2_outputs(results, outputs, batched, wanted)
         return content
 
-    def metadata(self, requested: str) -> Any:
-        self.check_name(requested)
+    def metadata(self, requested: str, version: str | None = None) -> Any:
+        self.check_name(requested, version)
         info = self.queue.model()
         if info is None:
             raise HttpError(503, f"model {self.name!r} not loaded yet: no worker published it")
         return {
             "name": self.name,
-            "versions": [],
+            "versions": [MODEL_VERSION],
             "platform": info.get("backend", ""),
             "inputs": [bodies.v2_tensor_spec(s) for s in info["inputs"]],
-            "outputs": [bodies.v2_tensor_spec(s) for s in info["outputs"]],
+            "outputs": bodies.v2_output_specs(info),
         }
 
-    async def ready(self, requested: str | None = None) -> Any:
+    async def ready(self, *named: str) -> Any:
         """200 ``{"ready": true}`` while a worker is ready, else 503 ``{"ready": false}``."""
         from starlette.concurrency import run_in_threadpool
 
         try:
-            if requested is not None:
-                self.check_name(requested)
+            if named:
+                self.check_name(*named)
             ok = await run_in_threadpool(self.queue.ready)
         except Exception as exc:
             return _failure(exc)
-        named = {"name": self.name} if requested is not None else {}
-        return _reply({**named, "ready": ok}, 200 if ok else 503)
+        which = {"name": self.name} if named else {}
+        return _reply({**which, "ready": ok}, 200 if ok else 503)
 
 
 def create_app(config: Any) -> Any:
     """The FastAPI app of the front door for ``config`` (a path, mapping or Config).
 
-    Routes: ``POST /predict``; ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``,
-    ``/v2/models/<name>``, ``/v2/models/<name>/ready``; ``POST /v2/models/<name>/infer``.
+    Routes: see :data:`ROUTES`. Any other path or method is a 404 or 405 with the JSON error
+    body every route answers with, ``{"error": ..., "code": ...}``.
 
     Raises:
         MissingDependencyError: FastAPI or uvicorn is not installed.
         BrokerConnectionError: Redis does not answer.
     """
     fastapi = _imports()
+    from starlette.exceptions import HTTPException
 
     routes = _Routes(load_config(config))
     app = fastapi.FastAPI(title="zoo_serving", version=__version__, docs_url=None, redoc_url=None)
@@ -265,17 +286,21 @@ def create_app(config: Any) -> Any:
 
     # Starlette-style routes (the request in, a response out): the JSON is parsed here, so a
     # malformed body is our 400 with a message, not a framework's 422
+    def names(request: Any) -> tuple[str, ...]:
+        params = request.path_params
+        return tuple(params[k] for k in ("name", "version") if k in params)
+
     async def predict(request: Any) -> Any:
         return await routes.post(routes.predict, request)
 
     async def infer(request: Any) -> Any:
-        return await routes.post(routes.infer, request, request.path_params["name"])
+        return await routes.post(routes.infer, request, *names(request))
 
     async def metadata(request: Any) -> Any:
-        return await routes.call(routes.metadata, request.path_params["name"])
+        return await routes.call(routes.metadata, *names(request))
 
     async def model_ready(request: Any) -> Any:
-        return await routes.ready(request.path_params["name"])
+        return await routes.ready(*names(request))
 
     async def ready(request: Any) -> Any:
         return await routes.ready()
@@ -286,11 +311,47 @@ def create_app(config: Any) -> Any:
     async def server(request: Any) -> Any:
         return _reply({"name": "zoo_serving", "version": __version__, "extensions": []})
 
-    app.add_route("/predict", predict, methods=["POST"])
-    app.add_route("/v2/models/{name}/infer", infer, methods=["POST"])
-    app.add_route("/v2/models/{name}", metadata, methods=["GET"])
-    app.add_route("/v2/models/{name}/ready", model_ready, methods=["GET"])
-    app.add_route("/v2/health/ready", ready, methods=["GET"])
-    app.add_route("/v2/health/live", live, methods=["GET"])
-    app.add_route("/v2", server, methods=["GET"])
+    handlers = {
+        "predict": predict,
+        "infer": infer,
+        "metadata": metadata,
+        "model_ready": model_ready,
+        "ready": ready,
+        "live": live,
+        "server": server,
+    }
+    for method, path, handler in ROUTES:
+        app.add_route(path, handlers[handler], methods=[method])
+
+    async def no_route(request: Any, exc: Any) -> Any:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http")
+        where = f"{request.method} {request.url.path}"
+        message = {
+            404: f"no route {where}; the routes are " + ", ".join(f"{m} {p}" for m, p, _ in ROUTES),
+            405: f"{where}: the method is not allowed; allowed: {(exc.headers or {}).get('Allow')}",
+        }.get(exc.status_code, f"{where}: {exc.detail}")
+        response = _reply({"error": message, "code": code}, exc.status_code)
+        response.headers.update(exc.headers or {})
+        return response
+
+    async def crashed(request: Any, exc: Exception) -> Any:
+        return _failure(exc)  # logged there; still JSON, like every other answer
+
+    app.add_exception_handler(HTTPException, no_route)
+    app.add_exception_handler(Exception, crashed)
     return app
+
+
+# method, path, handler: every route of the front door
+ROUTES = [
+    ("POST", "/predict", "predict"),
+    ("POST", "/v2/models/{name}/infer", "infer"),
+    ("POST", "/v2/models/{name}/versions/{version}/infer", "infer"),
+    ("GET", "/v2/models/{name}", "metadata"),
+    ("GET", "/v2/models/{name}/versions/{version}", "metadata"),
+    ("GET", "/v2/models/{name}/ready", "model_ready"),
+    ("GET", "/v2/models/{name}/versions/{version}/ready", "model_ready"),
+    ("GET", "/v2/health/ready", "ready"),
+    ("GET", "/v2/health/live", "live"),
+    ("GET", "/v2", "server"),
+]

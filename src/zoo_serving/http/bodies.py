@@ -16,13 +16,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..errors import ZooServingError
-from ..wire.zoo import densify
+from ..wire.zoo import MAX_DIMS, densify
 
 # KServe v2 tensor datatypes and the numpy dtypes they map to (BYTES is not supported)
 V2_DTYPES = {
@@ -40,6 +41,7 @@ V2_DTYPES = {
     "FP64": np.dtype(np.float64),
 }
 _V2_NAMES = {dtype: name for name, dtype in V2_DTYPES.items()}
+MAX_ELEMENTS = 2**63 - 1  # the most values a numpy array holds
 TOPN_OUTPUT = "topn"  # the v2 output holding a top-N answer: [[class_index, probability], ...]
 
 Record = dict[str, Any]  # input name -> ndarray (tensor) or bytes (encoded image)
@@ -57,14 +59,6 @@ class HttpError(Exception):
 
 def bad(message: str) -> HttpError:
     return HttpError(400, message)
-
-
-def parse_body(body: bytes) -> Any:
-    """The JSON of a request body; a 400 saying where it breaks."""
-    try:
-        return json.loads(body)
-    except ValueError as exc:
-        raise bad(f"the body is not valid JSON: {exc}") from None
 
 
 def dumps(content: Any) -> bytes:
@@ -244,11 +238,21 @@ def _v2_tensor(i: int, spec: Any) -> tuple[str, np.ndarray]:
         )
     if "data" not in spec:
         raise bad(f"{where}: 'data' is missing")
+    count = shape_count(where, shape)
     arr = _numbers(where, spec["data"], V2_DTYPES[datatype])
-    count = int(np.prod(shape, dtype=np.int64))
     if arr.size != count:
         raise bad(f"{where}: shape {shape} holds {count} values, but 'data' has {arr.size}")
     return name, arr.reshape(shape)
+
+
+def shape_count(where: str, shape: Sequence[int]) -> int:
+    """The number of values a tensor of ``shape`` holds; a 400 for more than ``MAX_DIMS`` dims
+    or for more values than numpy can index (2**63 - 1; zero dims aside)."""
+    if len(shape) > MAX_DIMS:
+        raise bad(f"{where}: {len(shape)} dims is over the limit of {MAX_DIMS}")
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise bad(f"{where}: shape {shape} has more values than an int64 counts (2**63 - 1)")
+    return math.prod(shape)
 
 
 def split_batch(
@@ -313,6 +317,18 @@ def v2_outputs(
             }
         )
     return out
+
+
+def v2_output_specs(info: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The outputs ``infer`` answers with and accepts in ``outputs``, as v2 metadata: the
+    model's own, or the one output ``topn`` (FP32 ``[batch, k, 2]``) when the workers answer
+    with the top-N (``info["top_n"]``, published by the workers with the model)."""
+    n = int(info.get("top_n") or 0)
+    if n > 0 and info["outputs"]:
+        classes = [d for d in info["outputs"][0]["shape"][1:] if d != 1]
+        k = min(n, classes[0]) if len(classes) == 1 and classes[0] > 0 else -1
+        return [{"name": TOPN_OUTPUT, "datatype": "FP32", "shape": [-1, k, 2]}]
+    return [v2_tensor_spec(s) for s in info["outputs"]]
 
 
 def v2_tensor_spec(spec: Mapping[str, Any]) -> dict[str, Any]:

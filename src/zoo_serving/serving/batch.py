@@ -180,12 +180,25 @@ class BatchCore:
             outputs = parts[0]
         else:
             outputs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        described = {spec.name: spec for spec in self.model.outputs}
         for name, arr in outputs.items():
             if arr.shape[:1] != (n,):
                 raise InferenceError(
                     f"output {name!r} has shape {arr.shape}; expected {n} rows, one per record"
                 )
+            spec = described.get(name)
+            if spec is not None and not spec.fits(arr.shape[1:]):
+                raise InferenceError(
+                    f"output {name!r} is {_dims(arr.shape[1:])} per record, but the model "
+                    f"describes it as {_dims(spec.record_shape)}; the model or its declared "
+                    "output shape is wrong for this input"
+                )
         return outputs
+
+
+def _dims(shape: Sequence[int | None]) -> str:
+    text = ", ".join("?" if d is None else str(d) for d in shape)
+    return f"({text},)" if len(shape) == 1 else f"({text})"
 
 
 def _pad(arr: np.ndarray, size: int) -> np.ndarray:

@@ -18,6 +18,7 @@ from ..backends import Model
 from ..broker.presence import HEARTBEAT_S, Presence
 from ..config import Config
 from ..observe.stats import WorkerStats
+from .postprocess import answers_with_top_n
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class Heartbeat:
     def announce(self, model: Model) -> None:
         """Say what the model takes and gives, and that a worker is ready."""
         try:
-            self.presence.announce(self.name, model_info(model))
+            self.presence.announce(self.name, model_info(model, self.config.params.top_n))
         except Exception as exc:  # the heartbeat says it again within a second
             log.warning("announcing worker %s failed: %s", self.name, exc)
 
@@ -91,8 +92,10 @@ class Heartbeat:
             log.debug("could not clear heartbeat: %s", exc)
 
 
-def model_info(model: Model) -> dict[str, Any]:
-    """Backend, inputs and outputs (name, numpy dtype, shape with -1 for a free dim)."""
+def model_info(model: Model, top_n: int = 0) -> dict[str, Any]:
+    """Backend, inputs and outputs (name, numpy dtype, shape with -1 for a free dim), and
+    ``top_n``: how many classes each record is answered with (``params.top_n``), or 0 when
+    records are answered with the output tensors."""
 
     def specs(items: Sequence[Any]) -> list[dict[str, Any]]:
         return [
@@ -108,4 +111,5 @@ def model_info(model: Model) -> dict[str, Any]:
         "backend": model.backend,
         "inputs": specs(model.inputs),
         "outputs": specs(model.outputs),
+        "top_n": top_n if answers_with_top_n(model.outputs, top_n) else 0,
     }

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .. import wire
+from ..backends.base import TensorSpec
 
 Pairs = list[tuple[int, float]]  # one record's top-N answer, best first
 
@@ -20,6 +21,17 @@ def is_class_vector(outputs: Mapping[str, np.ndarray]) -> bool:
     arr = next(iter(outputs.values()))
     record_shape = [d for d in arr.shape[1:] if d != 1]
     return arr.ndim >= 2 and len(record_shape) == 1 and arr.dtype.kind == "f"
+
+
+def answers_with_top_n(outputs: Sequence[TensorSpec], n: int) -> bool:
+    """Whether a model with these outputs is answered with top-``n`` pairs: the rule of
+    :func:`is_class_vector` applied to the described shapes (a free dim counts as more than
+    1; an output of unknown rank is taken for a tensor)."""
+    if n <= 0 or len(outputs) != 1:
+        return False
+    spec = outputs[0]
+    classes = [d for d in spec.record_shape if d != 1]
+    return spec.ranked and len(spec.shape) >= 2 and len(classes) == 1 and spec.dtype.kind == "f"
 
 
 def top_n(scores: np.ndarray, n: int) -> list[Pairs]:

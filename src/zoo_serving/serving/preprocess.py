@@ -6,9 +6,6 @@ Every failure is an :class:`InputError` subclass whose message names the input, 
 
 from __future__ import annotations
 
-import os
-import struct
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,58 +20,17 @@ from ..errors import (
     ShapeError,
 )
 from ..wire.native import RawInput, Request
+from .image_header import ACCEPTED_FORMATS, HeaderError, read_header
+from .image_header import image_size as image_size  # re-exported: the old home
 
 MAX_DIMS = 32
-# OpenCV refuses to decode images over this many pixels (its own default allows 2**30, a 3 GB
-# decode from a few KB of PNG); read by OpenCV when it is first imported.
-CV_MAX_IMAGE_PIXELS = 2**26
-
-
-def image_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the header of a PNG, GIF, BMP or JPEG, without decoding it; None
-    for other formats or a header that does not parse. Lets a decompression bomb be refused
-    before OpenCV allocates for it, whatever OpenCV's own limit is."""
-    head = bytes(data[:33])
-    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) == 33 and head[12:16] == b"IHDR":
-        if zlib.crc32(head[12:29]) != struct.unpack(">I", head[29:33])[0]:
-            return None  # not a header to believe
-        return struct.unpack(">II", head[16:24])
-    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
-        return struct.unpack("<HH", head[6:10])
-    if head.startswith(b"BM") and len(head) >= 28:
-        info_size, width, height, planes = struct.unpack("<IiiH", head[14:28])
-        if info_size not in (40, 52, 56, 108, 124) or planes != 1:
-            return None
-        return abs(width), abs(height)
-    if head.startswith(b"\xff\xd8"):
-        return _jpeg_size(data)
-    return None
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """Walk JPEG segments to the first start-of-frame marker, which holds the size."""
-    view = memoryview(data)
-    i = 2
-    while i + 9 <= len(view):
-        if view[i] != 0xFF:
-            return None
-        marker = view[i + 1]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
-            i += 2
-            continue
-        length = int.from_bytes(view[i + 2 : i + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and i + 10 <= len(view):
-            height, width = struct.unpack(">HH", view[i + 5 : i + 9])
-            components = view[i + 9]
-            if components not in (1, 3, 4) or length != 8 + 3 * components:
-                return None  # not a frame header to believe
-            return width, height
-        i += 2 + length
-    return None
+DEFAULT_MAX_IMAGE_PIXELS = 2**26  # data.max_image_pixels's default
 
 
 def _cv2() -> Any:
-    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(CV_MAX_IMAGE_PIXELS))
+    # OpenCV's own pixel limit (OPENCV_IO_MAX_IMAGE_PIXELS) is left alone: it is read once, when
+    # cv2 is first imported by whoever comes first, so it cannot carry data.max_image_pixels;
+    # read_header enforces that before any decode
     import cv2
 
     return cv2
@@ -100,7 +56,7 @@ class Preprocessor:
         image_shape: Sequence[int] = (3, 224, 224),
         image_layout: str = "CHW",
         max_payload_bytes: int = 64 * 1024 * 1024,
-        max_image_pixels: int = CV_MAX_IMAGE_PIXELS,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         self.inputs = list(inputs)
         self.image_shape = tuple(image_shape)
@@ -167,29 +123,26 @@ class Preprocessor:
             raise ShapeError(
                 f"input {raw.name!r}: images have 1 or 3 channels, the model wants {c}"
             )
-        claimed = image_size(raw.data)
-        if claimed is not None and claimed[0] * claimed[1] > self.max_image_pixels:
-            raise PayloadTooLargeError(
-                f"input {raw.name!r}: image of {claimed[0]}x{claimed[1]} pixels is over the "
-                f"limit of {self.max_image_pixels} (data.max_image_pixels)"
-            )
-        buf = np.frombuffer(raw.data, dtype=np.uint8)
+        head = f"input {raw.name!r}: {len(raw.data)} bytes starting {bytes(raw.data[:8])!r}"
+        try:
+            header = read_header(raw.data)
+        except HeaderError as exc:
+            raise DecodeError(
+                f"{head} do not decode as an image: {exc}; send {ACCEPTED_FORMATS}"
+            ) from None
+        self._check_pixels(raw.name, header.format, header.width, header.height)
         flag = cv2.IMREAD_GRAYSCALE if c == 1 else cv2.IMREAD_COLOR
         try:
-            img = cv2.imdecode(buf, flag) if buf.size else None
-        except cv2.error:  # OpenCV 5 raises, rather than returns None, past its pixel limit
+            img = cv2.imdecode(np.frombuffer(raw.data, dtype=np.uint8), flag)
+        except cv2.error:  # OpenCV 5 raises, rather than returns None, past its own limits
             img = None
         if img is None:
             raise DecodeError(
-                f"input {raw.name!r}: {len(raw.data)} bytes starting {bytes(raw.data[:8])!r} do "
-                "not decode as an image (truncated, corrupt, or over "
-                f"{CV_MAX_IMAGE_PIXELS} pixels?); send JPEG, PNG, BMP or TIFF bytes"
+                f"{head} do not decode as an image: a {header.format} of {header.width}x"
+                f"{header.height} pixels that OpenCV could not decode (truncated or corrupt, or "
+                "over OpenCV's own OPENCV_IO_MAX_IMAGE_PIXELS)"
             )
-        if img.shape[0] * img.shape[1] > self.max_image_pixels:
-            raise PayloadTooLargeError(
-                f"input {raw.name!r}: image of {img.shape[1]}x{img.shape[0]} pixels is over the "
-                f"limit of {self.max_image_pixels} (data.max_image_pixels)"
-            )
+        self._check_pixels(raw.name, header.format, img.shape[1], img.shape[0])
         if img.shape[0] != h or img.shape[1] != w:
             img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
         if img.ndim == 2:
@@ -197,6 +150,13 @@ class Preprocessor:
         if self.image_layout == "CHW":
             img = img.transpose(2, 0, 1)
         return np.ascontiguousarray(img, dtype=spec.dtype)
+
+    def _check_pixels(self, name: str, fmt: str, width: int, height: int) -> None:
+        if width * height > self.max_image_pixels:
+            raise PayloadTooLargeError(
+                f"input {name!r}: {fmt} image of {width}x{height} pixels is over the limit of "
+                f"{self.max_image_pixels} (data.max_image_pixels)"
+            )
 
     # ------------------------------------------------------------ tensors
 
