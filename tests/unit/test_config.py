@@ -119,6 +119,17 @@ def test_seed_config_source_and_work_dir(tmp_path: Path) -> None:
     assert cfg.work_dir == tmp_path.resolve() / ".zoo-serving"
 
 
+def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "app").mkdir()
+    path = _write(tmp_path / "app", "model:\n  path: models/net\nlog:\n  dir: run\n")
+    monkeypatch.chdir(tmp_path)  # not where the file is
+    cfg = load_config(path)
+    assert cfg.model.path == str(tmp_path.resolve() / "app" / "models" / "net")
+    assert cfg.work_dir == tmp_path.resolve() / "app" / "run"
+    assert load_config({"model": {"path": "/abs/net"}}).model.path == "/abs/net"
+    assert cfg.replace(**{"params.batch_size": 8}).model.path == cfg.model.path
+
+
 def test_seed_config_with_values_filled(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, FILLED_CONFIG))
 
