@@ -11,6 +11,16 @@ from zoo_serving.serving.preprocess import Preprocessor
 from zoo_serving.wire.native import RawInput
 
 
+def wait_for(check: object, timeout_s: float = 30.0, what: str = "") -> None:
+    """Poll ``check()`` every 50 ms until it is true; fail after ``timeout_s``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
+        time.sleep(0.05)
+
+
 def onnx_direct(model_dir: Path, batch: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 

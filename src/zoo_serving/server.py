@@ -10,15 +10,13 @@ from typing import Any
 
 from .broker import presence
 from .broker.connection import connect, redis_url
-from .broker.embedded import ManagedRedis, port_answers
+from .broker.embedded import ManagedRedis, embedded_owner, port_answers
 from .config import Config, load_config
 from .errors import ServerError
 from .observe.metrics import Metrics
 from .runners import Runner, create_runner
 
 log = logging.getLogger(__name__)
-
-EMBEDDED_PORT = 6379
 
 
 class Server:
@@ -91,13 +89,28 @@ class Server:
         return self
 
     def _resolve_redis(self) -> None:
-        if self.config.data.src:
-            connect(self.config.data).close()  # a set src that does not answer is an error
+        data = self.config.data
+        if data.src:
+            connect(data).close()  # a set src that does not answer is an error
             return
-        if port_answers("localhost", EMBEDDED_PORT):
-            connect(self.config.data).close()
+        port = data.embedded_port
+        managed = ManagedRedis(self.config.work_dir / "redis", port, persistent=True)
+        managed.take_over_leftover()  # one a killed server of this work dir left running
+        if port_answers("localhost", port):
+            owner = embedded_owner(port)
+            if owner is not None:
+                raise ServerError(
+                    f"localhost:{port} is the embedded redis-server of another zoo_serving "
+                    f"server (pid {owner.get('server_pid')}, files in {owner.get('dir')}); "
+                    "it stops when that server stops. Set data.src: "
+                    f"localhost:{port} to share it on purpose, or data.embedded_port to "
+                    "run one of this server's own",
+                    port=port,
+                )
+            connect(data).close()
+            log.info("using the Redis already answering on localhost:%d", port)
             return
-        self.embedded = ManagedRedis(self.config.work_dir / "redis", EMBEDDED_PORT).start()
+        self.embedded = managed.start()
         self.config = self.config.replace(**{"data.src": self.embedded.url})
 
     def _setup_error_log(self) -> None:
@@ -119,25 +132,29 @@ class Server:
         return self.runner.join(timeout_s)
 
     def stop(self, timeout_s: float | None = 60.0) -> None:
-        """Stop reading, finish in-flight records, stop the workers and the embedded Redis."""
-        if self.http is not None:  # first, so no request waits on workers that are gone
-            self.http.stop()
-            self.http = None
-        if self.runner is not None:
-            self.runner.stop(timeout_s)
-            self.runner = None
-        if self.metrics is not None:
-            self.metrics.close()
-        if self.embedded is not None:
-            self.embedded.stop()
-            self.embedded = None
-            self.config = self.config.replace(**{"data.src": None})
-        if self._log_handler is not None:
-            log.info("server stopped")
-            logging.getLogger("zoo_serving").removeHandler(self._log_handler)
-            self._log_handler.close()
-            self._log_handler = None
-        self._stopped.set()
+        """Stop reading, finish in-flight records, stop the workers and the embedded Redis.
+
+        The embedded Redis is stopped even when the drain is cut short (a second signal)."""
+        try:
+            if self.http is not None:  # first, so no request waits on workers that are gone
+                self.http.stop()
+                self.http = None
+            if self.runner is not None:
+                self.runner.stop(timeout_s)
+                self.runner = None
+            if self.metrics is not None:
+                self.metrics.close()
+        finally:
+            if self.embedded is not None:
+                self.embedded.stop()
+                self.embedded = None
+                self.config = self.config.replace(**{"data.src": None})
+            if self._log_handler is not None:
+                log.info("server stopped")
+                logging.getLogger("zoo_serving").removeHandler(self._log_handler)
+                self._log_handler.close()
+                self._log_handler = None
+            self._stopped.set()
 
     @property
     def running(self) -> bool:

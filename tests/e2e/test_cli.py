@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,8 +14,9 @@ import numpy as np
 import pytest
 import yaml
 
-from zoo_serving import InputQueue
-from zoo_serving.broker.embedded import port_answers
+from helpers import wait_for
+from zoo_serving import InputQueue, OutputQueue, Server, keys, procs
+from zoo_serving.broker.embedded import free_port, port_answers
 
 
 def zoo_serve(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -27,7 +30,7 @@ def zoo_serve(*args: str, cwd: Path, timeout: float = 120) -> subprocess.Complet
     )
 
 
-def write_config(tmp_path: Path, model_dir: Path, **data: str) -> Path:
+def write_config(tmp_path: Path, model_dir: Path, **data: object) -> Path:
     assert zoo_serve("init", "--model", str(model_dir), cwd=tmp_path).returncode == 0
     path = tmp_path / "config.yaml"
     raw = yaml.safe_load(path.read_text())
@@ -79,19 +82,30 @@ def test_start_status_stop_round_trip(tmp_path, onnx_model_dir, redis_url, strea
     assert "does not fit" in log.stdout and "server stopped" in log.stdout
 
 
-def test_start_and_stop_manage_the_embedded_redis(tmp_path, onnx_model_dir) -> None:
-    if port_answers("localhost", 6379):
-        pytest.skip("something already listens on localhost:6379, the embedded default port")
-    write_config(tmp_path, onnx_model_dir)
+def test_the_embedded_redis_dies_with_a_killed_server_and_keeps_its_data(
+    tmp_path, onnx_model_dir, stream
+) -> None:
+    """On ``data.embedded_port`` (not 6379: no test needs that port free). A ``kill -9`` of the
+    server takes its redis-server down (SIGTERM: the append-only file is written), and the
+    next start has the result nobody fetched yet."""
+    port = free_port()
+    write_config(tmp_path, onnx_model_dir, embedded_port=port, stream=stream)
+    url = f"redis://127.0.0.1:{port}"
     started = zoo_serve("start", cwd=tmp_path)
-    try:
-        assert started.returncode == 0, started.stdout + started.stderr
-        assert port_answers("127.0.0.1", 6379)
-        assert zoo_serve("status", cwd=tmp_path).returncode == 0
+    assert started.returncode == 0, started.stdout + started.stderr
+    owner = json.loads((tmp_path / ".zoo-serving" / "redis" / "embedded.json").read_text())
+    with InputQueue(url=url, name=stream) as client:
+        client.enqueue("kept-1", t=np.ones((3, 32, 32), np.float32))
+        wait_for(lambda: client.db.exists(keys.result(stream, "kept-1")), what="the result")
+    os.kill(owner["server_pid"], signal.SIGKILL)
+    wait_for(lambda: not procs.alive(owner["redis_pid"]), 10, "the redis-server to go")
+    assert not port_answers("127.0.0.1", port)
+
+    with Server(tmp_path / "config.yaml") as again, OutputQueue(url=url, name=stream) as out:
+        assert again.embedded is not None  # the next start, in the same work dir
+        assert out.query("kept-1", timeout=5)
         assert zoo_serve("log", "--redis", cwd=tmp_path).returncode == 0
-    finally:
-        assert zoo_serve("stop", cwd=tmp_path).returncode == 0
-    assert not port_answers("127.0.0.1", 6379)
+    assert not port_answers("127.0.0.1", port)
 
 
 def test_bad_config_names_the_key(tmp_path, onnx_model_dir) -> None:
@@ -146,7 +160,6 @@ def status_of(tmp_path: Path) -> tuple[int, dict]:
 def test_status_before_ready_when_ready_and_after_stop(
     tmp_path, onnx_model_dir, redis_url, redis_client, stream, monkeypatch
 ) -> None:
-    from zoo_serving import keys
 
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "gated_backend.py").write_text(GATED_BACKEND)

@@ -2,36 +2,108 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 
 import numpy as np
 import pytest
 
-from helpers import assert_top_n, onnx_direct
-from zoo_serving import InputQueue, Server, serve
-from zoo_serving.broker.embedded import free_port, port_answers
+from helpers import assert_top_n, onnx_direct, wait_for
+from zoo_serving import InputQueue, OutputQueue, Server, keys, serve
+from zoo_serving.broker.embedded import ManagedRedis, find_redis_server, free_port, port_answers
 from zoo_serving.config import load_config
-from zoo_serving.errors import BrokerConnectionError, ModelNotFoundError
+from zoo_serving.errors import BrokerConnectionError, ModelNotFoundError, ServerError
 from zoo_serving.server import request_stop
 
 
 def test_embedded_redis_starts_and_stops_with_the_server(onnx_model_dir, tmp_path) -> None:
-    if port_answers("localhost", 6379):
-        pytest.skip("something already listens on localhost:6379, the embedded default port")
+    port = free_port()  # data.embedded_port: no test needs 6379 free
     config = {
         "model": {"path": str(onnx_model_dir)},
-        "data": {"shape": "3,32,32"},
+        "data": {"shape": "3,32,32", "embedded_port": port},
         "log": {"dir": str(tmp_path)},
     }
     with Server(config) as server:
         assert server.embedded is not None and server.embedded.running
-        assert port_answers("127.0.0.1", 6379)
+        assert port_answers("127.0.0.1", port)
         x = np.ones((3, 32, 32), np.float32)
-        with InputQueue() as client:  # the defaults reach the embedded server
+        with InputQueue(config=config) as client:  # the config's defaults reach it
             answer = client.predict(x, timeout=30)
         assert_top_n(answer, onnx_direct(onnx_model_dir, x[None])[0], 1)
         assert (tmp_path / "redis" / "redis.log").exists()
-    assert not port_answers("127.0.0.1", 6379)
+    assert not port_answers("127.0.0.1", port)
+
+
+def test_embedded_redis_keeps_queued_records_and_results_across_restarts(
+    onnx_model_dir, tmp_path, stream
+) -> None:
+    """Records queued while no server runs, and results nobody fetched yet, survive a stop
+    and a start of the embedded Redis (its append-only file in the work dir); a second
+    server elsewhere does not silently adopt this server's embedded Redis."""
+    port = free_port()
+    config = {
+        "model": {"path": str(onnx_model_dir)},
+        "data": {"shape": "3,32,32", "embedded_port": port, "stream": stream},
+        "log": {"dir": str(tmp_path / "work")},
+    }
+    xs = np.random.default_rng(6).normal(0, 50, (8, 3, 32, 32)).astype(np.float32)
+    uris = [f"queued-{i}" for i in range(len(xs))]
+    with (
+        ManagedRedis(tmp_path / "work" / "redis", port, persistent=True) as embedded,
+        InputQueue(url=embedded.url, name=stream) as client,
+    ):
+        client.enqueue_many((uri, {"input": x}) for uri, x in zip(uris, xs))
+    with Server(config) as server, OutputQueue(url=server.url, name=stream) as out:
+        assert server.embedded is not None
+        for uri, scores in zip(uris[:4], onnx_direct(onnx_model_dir, xs[:4])):
+            assert_top_n(out.query(uri, timeout=30), scores, 1)
+        wait_for(lambda: all(out.db.exists(keys.result(stream, u)) for u in uris[4:]))
+        elsewhere = {**config, "log": {"dir": str(tmp_path / "other")}}
+        with pytest.raises(ServerError, match="embedded redis-server of another"):
+            Server(elsewhere).start()
+    with (
+        ManagedRedis(tmp_path / "work" / "redis", port, persistent=True) as embedded,
+        OutputQueue(url=embedded.url, name=stream) as out,
+    ):
+        for uri, scores in zip(uris[4:], onnx_direct(onnx_model_dir, xs[4:])):
+            assert_top_n(out.query(uri, timeout=1), scores, 1)
+
+
+def test_a_leftover_redis_of_the_work_dir_is_taken_over_not_adopted(
+    onnx_model_dir, tmp_path, stream
+) -> None:
+    """A redis-server still running in the work dir (its server killed where no parent-death
+    signal exists, or by an older release) is stopped, keeping its data, and replaced by one
+    the server owns; never used as if it were an external Redis."""
+    import redis
+
+    port = free_port()
+    redis_dir = tmp_path / "redis"
+    redis_dir.mkdir()
+    leftover = subprocess.Popen(
+        [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(redis_dir)]
+        + ["--pidfile", str(redis_dir / "redis.pid"), "--appendonly", "yes", "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(port=port)
+        wait_for(lambda: port_answers("127.0.0.1", port) and client.set("zs-test-kept", "1"))
+        wait_for(lambda: (redis_dir / "redis.pid").exists())
+        config = {
+            "model": {"path": str(onnx_model_dir)},
+            "data": {"shape": "3,32,32", "embedded_port": port, "stream": stream},
+            "log": {"dir": str(tmp_path)},
+        }
+        with Server(config) as server:
+            assert leftover.wait(10) == 0  # stopped by the server's start
+            assert server.embedded is not None and server.embedded.running
+            assert client.get("zs-test-kept") == b"1"
+        assert not port_answers("127.0.0.1", port)
+        client.close()
+    finally:
+        if leftover.poll() is None:
+            leftover.kill()
+            leftover.wait()
 
 
 def test_set_src_that_does_not_answer_is_an_error(onnx_model_dir, tmp_path) -> None:
