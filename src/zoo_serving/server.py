@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
+import time
+import uuid
 from types import FrameType
 from typing import Any
 
+from .backends.preflight import model_identity
 from .broker import presence
 from .broker.connection import connect, redis_url
 from .broker.embedded import ManagedRedis, embedded_owner, port_answers
@@ -41,6 +46,11 @@ class Server:
         self.runner: Runner | None = None
         self.http: Any = None  # the HTTP front door (zoo_serving.http.HttpServer), if http.port
         self.metrics: Metrics | None = None  # kept after stop, for its summary_dir
+        #: this server on its stream's claim (``zs:{stream}:servers``)
+        self.server_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        #: the claims of other live servers with the same model this one joined at start
+        self.peers: list[dict[str, Any]] = []
+        self._claim: _Claim | None = None
         self._log_handler: logging.Handler | None = None
         self._stopped = threading.Event()
 
@@ -50,10 +60,12 @@ class Server:
         return redis_url(self.config.data)
 
     def start(self, *, wait_ready: bool = True, timeout_s: float | None = 300.0) -> Server:
-        """Resolve Redis, start the workers and (by default) wait until they are ready.
+        """Resolve Redis, claim the stream, start the workers and (by default) wait until they
+        are ready.
 
         Raises:
-            ServerError: the workers did not get ready (the cause is chained).
+            ServerError: the workers did not get ready (the cause is chained), or the stream
+                is served by another server with another model.
             BrokerConnectionError: ``data.src`` is set and does not answer.
         """
         if self.runner is not None:  # already started, e.g. `with Server(cfg).start():`
@@ -63,6 +75,7 @@ class Server:
         self._setup_error_log()
         try:
             self._resolve_redis()
+            self._claim_stream()
             if self.config.http.port:  # up first: /v2/health/ready tells when workers are
                 from .http import serve_http
 
@@ -113,6 +126,46 @@ class Server:
         self.embedded = managed.start()
         self.config = self.config.replace(**{"data.src": self.embedded.url})
 
+    def _claim_stream(self) -> None:
+        """Say which model this server serves on its stream; refuse when a live server serves
+        another model there, join (and say so) when it serves the same one."""
+        cfg = self.config
+        if not cfg.model.path:
+            return
+        identity = model_identity(cfg.model.path, cfg.model.backend)
+        body = {
+            "model": f"{identity['backend']}:{identity['sha256']}",
+            "backend": identity["backend"],
+            "path": identity["path"],
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "work_dir": str(cfg.work_dir.resolve()),
+            "started": time.time(),
+        }
+        claim = self._claim = _Claim(cfg, self.server_id, body)  # released by stop(), even
+        claimed, others = claim.acquire()  # when a signal lands in the middle of acquiring
+        if not claimed:
+            self._claim = None
+            other = next(o for o in others if o.get("model") != body["model"])
+            raise ServerError(
+                f"stream {cfg.data.stream} on {self.url} is served by another server with "
+                f"another model: {other.get('backend')} model {other.get('path')} (pid "
+                f"{other.get('pid')} on {other.get('host')}, work dir {other.get('work_dir')}); "
+                f"this one serves {body['backend']} model {body['path']}. Set another "
+                "data.stream, or stop that server first",
+                stream=cfg.data.stream,
+            )
+        self.peers = others
+        if others:
+            log.warning(
+                "joining %d server(s) already serving stream %s with the same model: %s",
+                len(others),
+                cfg.data.stream,
+                "; ".join(
+                    f"pid {o.get('pid')} on {o.get('host')} ({o.get('work_dir')})" for o in others
+                ),
+            )
+
     def _setup_error_log(self) -> None:
         if not self.config.log.error or self._log_handler is not None:
             return
@@ -134,7 +187,8 @@ class Server:
     def stop(self, timeout_s: float | None = 60.0) -> None:
         """Stop reading, finish in-flight records, stop the workers and the embedded Redis.
 
-        The embedded Redis is stopped even when the drain is cut short (a second signal)."""
+        The claim on the stream and the embedded Redis are released even when the drain is
+        cut short (a second signal)."""
         try:
             if self.http is not None:  # first, so no request waits on workers that are gone
                 self.http.stop()
@@ -145,6 +199,9 @@ class Server:
             if self.metrics is not None:
                 self.metrics.close()
         finally:
+            if self._claim is not None:
+                self._claim.release()
+                self._claim = None
             if self.embedded is not None:
                 self.embedded.stop()
                 self.embedded = None
@@ -205,3 +262,42 @@ def serve(config: Any, *, runner: str | None = None) -> None:
         server.stop()
         for sig, previous in installed.items():
             signal.signal(sig, previous)
+
+
+class _Claim:
+    """A server's claim on its stream, renewed every heartbeat by a thread until released."""
+
+    def __init__(self, config: Config, server_id: str, body: dict[str, Any]) -> None:
+        self.server_id = server_id
+        self.body = body
+        self._client = connect(config.data)
+        self._presence = presence.Presence(self._client, config.data.stream)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> tuple[bool, list[dict[str, Any]]]:
+        claimed, others = self._presence.claim(self.server_id, self.body)
+        if not claimed:
+            self._client.close()
+            return claimed, others
+        self._thread = threading.Thread(target=self._renew, name="zoo-claim", daemon=True)
+        self._thread.start()
+        return claimed, others
+
+    def _renew(self) -> None:
+        while not self._stop.wait(presence.HEARTBEAT_S):
+            try:
+                if not self._presence.claim(self.server_id, self.body)[0]:
+                    log.error("stream claim lost to a server with another model")
+            except Exception as exc:  # Redis away for a moment: renewed with the next beat
+                log.debug("renewing the stream claim failed: %s", exc)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+        try:
+            self._presence.unclaim(self.server_id)
+        except Exception as exc:
+            log.debug("could not release the stream claim: %s", exc)
+        self._client.close()

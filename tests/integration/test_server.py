@@ -176,3 +176,33 @@ def test_threads_workers_divide_the_cores(onnx_model_dir, redis_url, stream, tmp
             client.predict(list(xs), timeout=30), onnx_direct(onnx_model_dir, xs)
         ):
             assert_top_n(answer, scores, 1)
+
+
+def test_a_second_server_on_a_stream_refuses_another_model_and_joins_the_same(
+    onnx_model_dir, torch_model_dir, redis_url, stream, tmp_path
+) -> None:
+    import shutil
+
+    def config(model_dir, work: str) -> dict:
+        return {
+            "model": {"path": str(model_dir)},
+            "data": {"src": redis_url, "stream": stream, "shape": "3,32,32"},
+            "log": {"dir": str(tmp_path / work)},
+        }
+
+    with Server(config(onnx_model_dir, "first")):
+        other = Server(config(torch_model_dir, "other"))
+        with pytest.raises(ServerError, match="served by another server with another model"):
+            other.start()
+        assert other.runner is None  # refused before any worker started
+        copy = tmp_path / "copy"
+        shutil.copytree(onnx_model_dir, copy)  # the same model in another directory
+        with Server(config(copy, "second")) as second:
+            assert [peer["work_dir"] for peer in second.peers] == [
+                str((tmp_path / "first").resolve())
+            ]
+            x = np.ones((3, 32, 32), np.float32)
+            with InputQueue(url=redis_url, name=stream) as client:
+                assert_top_n(client.predict(x, timeout=30), onnx_direct(copy, x[None])[0], 1)
+    with Server(config(torch_model_dir, "other")):  # the stream is free again
+        pass
