@@ -12,7 +12,12 @@ from helpers import assert_top_n, onnx_direct, wait_for
 from zoo_serving import InputQueue, OutputQueue, Server, keys, serve
 from zoo_serving.broker.embedded import ManagedRedis, find_redis_server, free_port, port_answers
 from zoo_serving.config import load_config
-from zoo_serving.errors import BrokerConnectionError, ModelNotFoundError, ServerError
+from zoo_serving.errors import (
+    BrokerConnectionError,
+    ModelError,
+    ModelNotFoundError,
+    ServerError,
+)
 from zoo_serving.server import request_stop
 
 
@@ -126,6 +131,22 @@ def test_missing_model_fails_start_with_the_reason(redis_url, tmp_path) -> None:
     }
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         Server(config).start(timeout_s=30)
+
+
+def test_a_model_the_framework_cannot_load_fails_start_with_a_model_error(
+    redis_url, stream, tmp_path, caplog
+) -> None:
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "net.onnx").write_bytes(b"not an onnx model")
+    config = {
+        "model": {"path": str(tmp_path / "broken")},
+        "data": {"src": redis_url, "stream": stream},
+        "log": {"dir": str(tmp_path)},
+    }
+    with pytest.raises(ModelError, match=r"cannot load onnx model .*net\.onnx: InvalidProtobuf"):
+        Server(config).start(timeout_s=30)
+    failed = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert failed and not any(r.exc_info for r in failed)  # the message says it: no traceback
 
 
 def test_serve_blocks_until_a_stop_request(onnx_model_dir, redis_url, stream, tmp_path) -> None:
