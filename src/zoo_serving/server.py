@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -22,6 +23,8 @@ from .observe.metrics import Metrics
 from .runners import Runner, create_runner
 
 log = logging.getLogger(__name__)
+
+ABORT_STOP_S = 5.0  # how long a start that failed (or was interrupted) waits for its workers
 
 
 class Server:
@@ -59,6 +62,16 @@ class Server:
         """The Redis URL the workers use."""
         return redis_url(self.config.data)
 
+    @property
+    def urls(self) -> dict[str, str]:
+        """Where this server answers: ``redis``, and ``metrics`` and ``http`` when on."""
+        urls = {"redis": self.url}
+        if self.metrics is not None and self.metrics.metrics_url:
+            urls["metrics"] = self.metrics.metrics_url
+        if self.http is not None:
+            urls["http"] = self.http.url
+        return urls
+
     def start(self, *, wait_ready: bool = True, timeout_s: float | None = 300.0) -> Server:
         """Resolve Redis, claim the stream, start the workers and (by default) wait until they
         are ready.
@@ -95,7 +108,7 @@ class Server:
                 self.runner.raise_if_failed()
                 raise ServerError(f"workers not ready within {timeout_s}s")
         except BaseException:
-            self.stop()
+            self.stop(ABORT_STOP_S)  # workers still loading have nothing to drain
             raise
         if wait_ready:
             log.info("server ready")
@@ -232,8 +245,21 @@ def request_stop(config: Config) -> bool:
     return presence.request_stop(config.data)
 
 
-def serve(config: Any, *, runner: str | None = None) -> None:
+def serve(
+    config: Any,
+    *,
+    runner: str | None = None,
+    on_ready: Callable[[Server], None] | None = None,
+) -> None:
     """Serve until SIGINT/SIGTERM or a stop request, then drain and return.
+
+    A signal while the model is still loading stops the start (``SystemExit``, 128 + the
+    signal); a second signal while draining stops at once.
+
+    Args:
+        config: a path to ``config.yaml``, a mapping, or a :class:`Config`.
+        runner: override ``params.runner``.
+        on_ready: called with the :class:`Server` once its workers are ready.
 
     Example::
 
@@ -241,10 +267,14 @@ def serve(config: Any, *, runner: str | None = None) -> None:
         zoo_serving.serve("config.yaml")
     """
     server = Server(config, runner=runner)
+    started = threading.Event()
     stopping = threading.Event()
     installed: dict[signal.Signals, Any] = {}
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if not started.is_set():
+            log.warning("signal %d while starting: stopping the start", signum)
+            raise SystemExit(128 + signum)
         if stopping.is_set():
             log.warning("second signal %d: stopping now", signum)
             raise SystemExit(128 + signum)
@@ -256,6 +286,9 @@ def serve(config: Any, *, runner: str | None = None) -> None:
             installed[sig] = signal.signal(sig, on_signal)
     try:
         server.start()
+        started.set()
+        if on_ready is not None:
+            on_ready(server)
         while not stopping.is_set() and server.running:
             stopping.wait(0.2)
     finally:

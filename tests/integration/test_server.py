@@ -227,3 +227,23 @@ def test_a_second_server_on_a_stream_refuses_another_model_and_joins_the_same(
                 assert_top_n(client.predict(x, timeout=30), onnx_direct(copy, x[None])[0], 1)
     with Server(config(torch_model_dir, "other")):  # the stream is free again
         pass
+
+
+def test_a_worker_that_says_ready_is_already_in_the_heartbeats(
+    onnx_model_dir, redis_url, redis_client, stream
+) -> None:
+    """Readiness and the worker's first heartbeat are written together, so a `status` right
+    after `start` returned sees the worker it waited for."""
+    from zoo_serving.broker.presence import Presence
+    from zoo_serving.serving.worker import Worker
+
+    config = {
+        "model": {"path": str(onnx_model_dir)},
+        "data": {"src": redis_url, "stream": stream, "shape": "3,32,32"},
+    }
+    worker = Worker(load_config(config)).load()  # loaded and warmed up; not yet running
+    try:
+        presence = Presence(redis_client, stream)
+        assert presence.is_ready() and list(presence.live_heartbeats()) == [worker.name]
+    finally:
+        worker.close()

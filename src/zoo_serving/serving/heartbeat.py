@@ -45,7 +45,7 @@ class Heartbeat:
     def announce(self, model: Model) -> None:
         """Say what the model takes and gives, and that a worker is ready."""
         try:
-            self.presence.announce(self.name, model_info(model))
+            self.presence.announce(self.name, model_info(model), self.body(True))
         except Exception as exc:  # the heartbeat says it again within a second
             log.warning("announcing worker %s failed: %s", self.name, exc)
 
