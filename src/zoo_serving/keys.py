@@ -56,6 +56,13 @@ def ready(stream: str) -> str:
     return f"{PREFIX}:{{{stream}}}:ready"
 
 
+def servers(stream: str) -> str:
+    """Hash server id -> JSON claim (model fingerprint, host, pid, work dir, ts in Redis time)
+    of each server serving the stream, renewed every second; a server with another model is
+    refused while a live claim stands."""
+    return f"{PREFIX}:{{{stream}}}:servers"
+
+
 def control(stream: str) -> str:
     """String a stop request writes (``stop``); every worker of the stream watches it."""
     return f"{PREFIX}:{{{stream}}}:control"

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
+import time
+import uuid
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from .backends.preflight import model_identity
 from .broker import presence
 from .broker.connection import connect, redis_url
-from .broker.embedded import ManagedRedis, port_answers
+from .broker.embedded import ManagedRedis, embedded_owner, port_answers
 from .config import Config, load_config
 from .errors import ServerError
 from .observe.metrics import Metrics
@@ -18,7 +24,7 @@ from .runners import Runner, create_runner
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_PORT = 6379
+ABORT_STOP_S = 5.0  # how long a start that failed (or was interrupted) waits for its workers
 
 
 class Server:
@@ -43,6 +49,11 @@ class Server:
         self.runner: Runner | None = None
         self.http: Any = None  # the HTTP front door (zoo_serving.http.HttpServer), if http.port
         self.metrics: Metrics | None = None  # kept after stop, for its summary_dir
+        #: this server on its stream's claim (``zs:{stream}:servers``)
+        self.server_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        #: the claims of other live servers with the same model this one joined at start
+        self.peers: list[dict[str, Any]] = []
+        self._claim: _Claim | None = None
         self._log_handler: logging.Handler | None = None
         self._stopped = threading.Event()
 
@@ -51,11 +62,23 @@ class Server:
         """The Redis URL the workers use."""
         return redis_url(self.config.data)
 
+    @property
+    def urls(self) -> dict[str, str]:
+        """Where this server answers: ``redis``, and ``metrics`` and ``http`` when on."""
+        urls = {"redis": self.url}
+        if self.metrics is not None and self.metrics.metrics_url:
+            urls["metrics"] = self.metrics.metrics_url
+        if self.http is not None:
+            urls["http"] = self.http.url
+        return urls
+
     def start(self, *, wait_ready: bool = True, timeout_s: float | None = 300.0) -> Server:
-        """Resolve Redis, start the workers and (by default) wait until they are ready.
+        """Resolve Redis, claim the stream, start the workers and (by default) wait until they
+        are ready.
 
         Raises:
-            ServerError: the workers did not get ready (the cause is chained).
+            ServerError: the workers did not get ready (the cause is chained), or the stream
+                is served by another server with another model.
             BrokerConnectionError: ``data.src`` is set and does not answer.
         """
         if self.runner is not None:  # already started, e.g. `with Server(cfg).start():`
@@ -65,6 +88,7 @@ class Server:
         self._setup_error_log()
         try:
             self._resolve_redis()
+            self._claim_stream()
             if self.config.http.port:  # up first: /v2/health/ready tells when workers are
                 from .http import serve_http
 
@@ -84,21 +108,76 @@ class Server:
                 self.runner.raise_if_failed()
                 raise ServerError(f"workers not ready within {timeout_s}s")
         except BaseException:
-            self.stop()
+            self.stop(ABORT_STOP_S)  # workers still loading have nothing to drain
             raise
         if wait_ready:
             log.info("server ready")
         return self
 
     def _resolve_redis(self) -> None:
-        if self.config.data.src:
-            connect(self.config.data).close()  # a set src that does not answer is an error
+        data = self.config.data
+        if data.src:
+            connect(data).close()  # a set src that does not answer is an error
             return
-        if port_answers("localhost", EMBEDDED_PORT):
-            connect(self.config.data).close()
+        port = data.embedded_port
+        managed = ManagedRedis(self.config.work_dir / "redis", port, persistent=True)
+        managed.take_over_leftover()  # one a killed server of this work dir left running
+        if port_answers("localhost", port):
+            owner = embedded_owner(port)
+            if owner is not None:
+                raise ServerError(
+                    f"localhost:{port} is the embedded redis-server of another zoo_serving "
+                    f"server (pid {owner.get('server_pid')}, files in {owner.get('dir')}); "
+                    "it stops when that server stops. Set data.src: "
+                    f"localhost:{port} to share it on purpose, or data.embedded_port to "
+                    "run one of this server's own",
+                    port=port,
+                )
+            connect(data).close()
+            log.info("using the Redis already answering on localhost:%d", port)
             return
-        self.embedded = ManagedRedis(self.config.work_dir / "redis", EMBEDDED_PORT).start()
+        self.embedded = managed.start()
         self.config = self.config.replace(**{"data.src": self.embedded.url})
+
+    def _claim_stream(self) -> None:
+        """Say which model this server serves on its stream; refuse when a live server serves
+        another model there, join (and say so) when it serves the same one."""
+        cfg = self.config
+        if not cfg.model.path:
+            return
+        identity = model_identity(cfg.model.path, cfg.model.backend)
+        body = {
+            "model": f"{identity['backend']}:{identity['sha256']}",
+            "backend": identity["backend"],
+            "path": identity["path"],
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "work_dir": str(cfg.work_dir.resolve()),
+            "started": time.time(),
+        }
+        claim = self._claim = _Claim(cfg, self.server_id, body)  # released by stop(), even
+        claimed, others = claim.acquire()  # when a signal lands in the middle of acquiring
+        if not claimed:
+            self._claim = None
+            other = next(o for o in others if o.get("model") != body["model"])
+            raise ServerError(
+                f"stream {cfg.data.stream} on {self.url} is served by another server with "
+                f"another model: {other.get('backend')} model {other.get('path')} (pid "
+                f"{other.get('pid')} on {other.get('host')}, work dir {other.get('work_dir')}); "
+                f"this one serves {body['backend']} model {body['path']}. Set another "
+                "data.stream, or stop that server first",
+                stream=cfg.data.stream,
+            )
+        self.peers = others
+        if others:
+            log.warning(
+                "joining %d server(s) already serving stream %s with the same model: %s",
+                len(others),
+                cfg.data.stream,
+                "; ".join(
+                    f"pid {o.get('pid')} on {o.get('host')} ({o.get('work_dir')})" for o in others
+                ),
+            )
 
     def _setup_error_log(self) -> None:
         if not self.config.log.error or self._log_handler is not None:
@@ -119,25 +198,33 @@ class Server:
         return self.runner.join(timeout_s)
 
     def stop(self, timeout_s: float | None = 60.0) -> None:
-        """Stop reading, finish in-flight records, stop the workers and the embedded Redis."""
-        if self.http is not None:  # first, so no request waits on workers that are gone
-            self.http.stop()
-            self.http = None
-        if self.runner is not None:
-            self.runner.stop(timeout_s)
-            self.runner = None
-        if self.metrics is not None:
-            self.metrics.close()
-        if self.embedded is not None:
-            self.embedded.stop()
-            self.embedded = None
-            self.config = self.config.replace(**{"data.src": None})
-        if self._log_handler is not None:
-            log.info("server stopped")
-            logging.getLogger("zoo_serving").removeHandler(self._log_handler)
-            self._log_handler.close()
-            self._log_handler = None
-        self._stopped.set()
+        """Stop reading, finish in-flight records, stop the workers and the embedded Redis.
+
+        The claim on the stream and the embedded Redis are released even when the drain is
+        cut short (a second signal)."""
+        try:
+            if self.http is not None:  # first, so no request waits on workers that are gone
+                self.http.stop()
+                self.http = None
+            if self.runner is not None:
+                self.runner.stop(timeout_s)
+                self.runner = None
+            if self.metrics is not None:
+                self.metrics.close()
+        finally:
+            if self._claim is not None:
+                self._claim.release()
+                self._claim = None
+            if self.embedded is not None:
+                self.embedded.stop()
+                self.embedded = None
+                self.config = self.config.replace(**{"data.src": None})
+            if self._log_handler is not None:
+                log.info("server stopped")
+                logging.getLogger("zoo_serving").removeHandler(self._log_handler)
+                self._log_handler.close()
+                self._log_handler = None
+            self._stopped.set()
 
     @property
     def running(self) -> bool:
@@ -158,8 +245,21 @@ def request_stop(config: Config) -> bool:
     return presence.request_stop(config.data)
 
 
-def serve(config: Any, *, runner: str | None = None) -> None:
+def serve(
+    config: Any,
+    *,
+    runner: str | None = None,
+    on_ready: Callable[[Server], None] | None = None,
+) -> None:
     """Serve until SIGINT/SIGTERM or a stop request, then drain and return.
+
+    A signal while the model is still loading stops the start (``SystemExit``, 128 + the
+    signal); a second signal while draining stops at once.
+
+    Args:
+        config: a path to ``config.yaml``, a mapping, or a :class:`Config`.
+        runner: override ``params.runner``.
+        on_ready: called with the :class:`Server` once its workers are ready.
 
     Example::
 
@@ -167,10 +267,14 @@ def serve(config: Any, *, runner: str | None = None) -> None:
         zoo_serving.serve("config.yaml")
     """
     server = Server(config, runner=runner)
+    started = threading.Event()
     stopping = threading.Event()
     installed: dict[signal.Signals, Any] = {}
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if not started.is_set():
+            log.warning("signal %d while starting: stopping the start", signum)
+            raise SystemExit(128 + signum)
         if stopping.is_set():
             log.warning("second signal %d: stopping now", signum)
             raise SystemExit(128 + signum)
@@ -182,9 +286,51 @@ def serve(config: Any, *, runner: str | None = None) -> None:
             installed[sig] = signal.signal(sig, on_signal)
     try:
         server.start()
+        started.set()
+        if on_ready is not None:
+            on_ready(server)
         while not stopping.is_set() and server.running:
             stopping.wait(0.2)
     finally:
         server.stop()
         for sig, previous in installed.items():
             signal.signal(sig, previous)
+
+
+class _Claim:
+    """A server's claim on its stream, renewed every heartbeat by a thread until released."""
+
+    def __init__(self, config: Config, server_id: str, body: dict[str, Any]) -> None:
+        self.server_id = server_id
+        self.body = body
+        self._client = connect(config.data)
+        self._presence = presence.Presence(self._client, config.data.stream)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> tuple[bool, list[dict[str, Any]]]:
+        claimed, others = self._presence.claim(self.server_id, self.body)
+        if not claimed:
+            self._client.close()
+            return claimed, others
+        self._thread = threading.Thread(target=self._renew, name="zoo-claim", daemon=True)
+        self._thread.start()
+        return claimed, others
+
+    def _renew(self) -> None:
+        while not self._stop.wait(presence.HEARTBEAT_S):
+            try:
+                if not self._presence.claim(self.server_id, self.body)[0]:
+                    log.error("stream claim lost to a server with another model")
+            except Exception as exc:  # Redis away for a moment: renewed with the next beat
+                log.debug("renewing the stream claim failed: %s", exc)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+        try:
+            self._presence.unclaim(self.server_id)
+        except Exception as exc:
+            log.debug("could not release the stream claim: %s", exc)
+        self._client.close()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -12,22 +12,12 @@ import numpy as np
 import pytest
 import yaml
 
-from zoo_serving import InputQueue
-from zoo_serving.broker.embedded import port_answers
+from helpers import plain_config, plugin_backends, status_of, wait_for, zoo_serve
+from zoo_serving import InputQueue, OutputQueue, Server, keys, procs
+from zoo_serving.broker.embedded import free_port, port_answers
 
 
-def zoo_serve(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "zoo_serving", *args],
-        cwd=cwd,
-        text=True,
-        capture_output=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def write_config(tmp_path: Path, model_dir: Path, **data: str) -> Path:
+def write_config(tmp_path: Path, model_dir: Path, **data: object) -> Path:
     assert zoo_serve("init", "--model", str(model_dir), cwd=tmp_path).returncode == 0
     path = tmp_path / "config.yaml"
     raw = yaml.safe_load(path.read_text())
@@ -46,14 +36,20 @@ def test_init_writes_a_commented_config_that_loads(tmp_path, onnx_model_dir) -> 
 
 
 def test_start_status_stop_round_trip(tmp_path, onnx_model_dir, redis_url, stream) -> None:
-    write_config(tmp_path, onnx_model_dir, src=redis_url, stream=stream)
+    path = write_config(tmp_path, onnx_model_dir, src=redis_url, stream=stream)
+    metrics_port, http_port = free_port(), free_port()
+    raw = yaml.safe_load(path.read_text())
+    raw["log"]["metrics_port"] = metrics_port
+    path.write_text(yaml.safe_dump(raw))
     before = zoo_serve("status", "--json", cwd=tmp_path)
     assert before.returncode == 1 and json.loads(before.stdout)["ready"] is False
 
-    started = zoo_serve("start", cwd=tmp_path)
+    started = zoo_serve("start", "--http", str(http_port), cwd=tmp_path)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert "started" in started.stdout
+        assert f"metrics at http://127.0.0.1:{metrics_port}/metrics" in started.stdout
+        assert f"HTTP front door at http://127.0.0.1:{http_port}" in started.stdout
         status = zoo_serve("status", "--json", cwd=tmp_path)
         assert status.returncode == 0, status.stdout
         info = json.loads(status.stdout)
@@ -79,19 +75,31 @@ def test_start_status_stop_round_trip(tmp_path, onnx_model_dir, redis_url, strea
     assert "does not fit" in log.stdout and "server stopped" in log.stdout
 
 
-def test_start_and_stop_manage_the_embedded_redis(tmp_path, onnx_model_dir) -> None:
-    if port_answers("localhost", 6379):
-        pytest.skip("something already listens on localhost:6379, the embedded default port")
-    write_config(tmp_path, onnx_model_dir)
+def test_the_embedded_redis_dies_with_a_killed_server_and_keeps_its_data(
+    tmp_path, onnx_model_dir, stream
+) -> None:
+    """On ``data.embedded_port`` (not 6379: no test needs that port free). A ``kill -9`` of the
+    server takes its redis-server down (SIGTERM: the append-only file is written), and the
+    next start has the result nobody fetched yet."""
+    port = free_port()
+    write_config(tmp_path, onnx_model_dir, embedded_port=port, stream=stream)
+    url = f"redis://127.0.0.1:{port}"
     started = zoo_serve("start", cwd=tmp_path)
-    try:
-        assert started.returncode == 0, started.stdout + started.stderr
-        assert port_answers("127.0.0.1", 6379)
-        assert zoo_serve("status", cwd=tmp_path).returncode == 0
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert f"on {url} (embedded redis-server)" in started.stdout
+    owner = json.loads((tmp_path / ".zoo-serving" / "redis" / "embedded.json").read_text())
+    with InputQueue(url=url, name=stream) as client:
+        client.enqueue("kept-1", t=np.ones((3, 32, 32), np.float32))
+        wait_for(lambda: client.db.exists(keys.result(stream, "kept-1")), what="the result")
+    os.kill(owner["server_pid"], signal.SIGKILL)
+    wait_for(lambda: not procs.alive(owner["redis_pid"]), 10, "the redis-server to go")
+    assert not port_answers("127.0.0.1", port)
+
+    with Server(tmp_path / "config.yaml") as again, OutputQueue(url=url, name=stream) as out:
+        assert again.embedded is not None  # the next start, in the same work dir
+        assert out.query("kept-1", timeout=5)
         assert zoo_serve("log", "--redis", cwd=tmp_path).returncode == 0
-    finally:
-        assert zoo_serve("stop", cwd=tmp_path).returncode == 0
-    assert not port_answers("127.0.0.1", 6379)
+    assert not port_answers("127.0.0.1", port)
 
 
 def test_bad_config_names_the_key(tmp_path, onnx_model_dir) -> None:
@@ -103,55 +111,26 @@ def test_bad_config_names_the_key(tmp_path, onnx_model_dir) -> None:
     assert "params.batch_size" in result.stderr and "'lots'" in result.stderr
 
 
-def test_start_reports_a_model_that_cannot_load(tmp_path, redis_url) -> None:
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "config.yaml").write_text(
-        f"model:\n  path: {tmp_path / 'empty'}\ndata:\n  src: {redis_url}\n"
-    )
-    result = zoo_serve("start", "--timeout", "60", cwd=tmp_path)
-    assert result.returncode == 1
-    assert "no model found" in result.stderr
-
-
-GATED_BACKEND = '''
-import os
-import time
-from pathlib import Path
-
-from zoo_serving.backends.onnx_runtime import OnnxModel
-
-
-class GatedOnnx(OnnxModel):
-    """An ONNX model whose load waits for a file: holds a server in its not-ready window."""
-
-    def _load(self):
-        deadline = time.monotonic() + 60
-        while not Path(os.environ["ZS_TEST_GATE"]).exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        super()._load()
-'''
-
-
-def plain_config(tmp_path: Path, model: dict, data: dict) -> None:
-    """config.yaml written directly, not by `zoo-serve init` (one process less)."""
-    raw = {"model": model, "data": {"shape": "3,32,32", **data}}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
-
-
-def status_of(tmp_path: Path) -> tuple[int, dict]:
-    result = zoo_serve("status", "--json", cwd=tmp_path)
-    return result.returncode, json.loads(result.stdout)
+def test_a_model_that_cannot_load_is_one_line_and_one_code_in_both_modes(
+    tmp_path, redis_url, stream
+) -> None:
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "net.onnx").write_bytes(b"not an onnx model")
+    plain_config(tmp_path, {"path": "broken"}, {"src": redis_url, "stream": stream})
+    background = zoo_serve("start", "--timeout", "60", cwd=tmp_path)
+    foreground = zoo_serve("start", "--foreground", cwd=tmp_path)
+    for result in (background, foreground):
+        assert result.returncode == 3, result.stderr  # the server failed: same code either way
+        summary = [line for line in result.stderr.splitlines() if line.startswith("zoo-serve:")]
+        assert len(summary) == 1 and "net.onnx" in summary[0], result.stderr
+        assert "Traceback" not in result.stderr
 
 
 def test_status_before_ready_when_ready_and_after_stop(
     tmp_path, onnx_model_dir, redis_url, redis_client, stream, monkeypatch
 ) -> None:
-    from zoo_serving import keys
 
-    (tmp_path / "plugins").mkdir()
-    (tmp_path / "plugins" / "gated_backend.py").write_text(GATED_BACKEND)
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "plugins"))
-    monkeypatch.setenv("ZS_TEST_GATE", str(tmp_path / "gate"))
+    plugin_backends(tmp_path, monkeypatch)
     gated = {"path": str(onnx_model_dir), "backend": "gated_backend:GatedOnnx"}
     plain_config(tmp_path, gated, {"src": redis_url, "stream": stream})
 

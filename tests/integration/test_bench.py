@@ -209,7 +209,7 @@ def test_cli_end_to_end_with_json_and_plot(
 
 def test_cli_errors_name_what_is_wrong(onnx_model_dir, redis_url, stream, tmp_path, capsys) -> None:
     config = write_config(tmp_path, onnx_model_dir, redis_url, stream)
-    assert cli.main(["bench", "-c", str(config), "--duration", "0.5"]) == 2
+    assert cli.main(["bench", "-c", str(config), "--duration", "0.5"]) == 3  # no server
     err = capsys.readouterr().err
     assert f"nothing is serving stream '{stream}'" in err and "zoo-serve start" in err
 
@@ -217,7 +217,7 @@ def test_cli_errors_name_what_is_wrong(onnx_model_dir, redis_url, stream, tmp_pa
     assert "--clients: expected comma-separated whole numbers" in capsys.readouterr().err
 
     nowhere = write_config(tmp_path, onnx_model_dir, f"localhost:{free_port()}", stream)
-    assert cli.main(["bench", "-c", str(nowhere)]) == 2
+    assert cli.main(["bench", "-c", str(nowhere)]) == 3  # no Redis
     assert "does not answer" in capsys.readouterr().err
 
 

@@ -86,7 +86,6 @@ def test_free_dimensions_fit_any_size(serve: Any, client: Any, stream: str, tmp_
 def test_a_torchscript_output_unlike_its_warm_up_is_an_error(
     serve: Any, client: Any, stream: str, tmp_path: Path
 ) -> None:
-    pytest.importorskip("torch")
     serve(_sentinel_torchscript(tmp_path / "t"), **{"params.top_n": 0, "params.max_wait_ms": 50})
     rng = np.random.default_rng(0)
     plain = rng.normal(size=(3, 32, 32)).astype(np.float32)

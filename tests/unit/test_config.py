@@ -150,6 +150,27 @@ def test_bad_data_shape_in_yaml_names_key_value_and_the_forms(tmp_path: Path, wr
     assert message.endswith(f"got {yaml.safe_load(written)!r}")
 
 
+def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "app").mkdir()
+    path = _write(tmp_path / "app", "model:\n  path: models/net\nlog:\n  dir: run\n")
+    monkeypatch.chdir(tmp_path)  # not where the file is
+    cfg = load_config(path)
+    assert cfg.model.path == str(tmp_path.resolve() / "app" / "models" / "net")
+    assert cfg.work_dir == tmp_path.resolve() / "app" / "run"
+    assert load_config({"model": {"path": "/abs/net"}}).model.path == "/abs/net"
+    assert cfg.replace(**{"params.batch_size": 8}).model.path == cfg.model.path
+
+
+def test_embedded_port_is_checked_and_is_the_default_address() -> None:
+    from zoo_serving.broker.connection import redis_url
+
+    cfg = load_config({"model": {"path": "m"}, "data": {"embedded_port": 7000}})
+    assert cfg.data.embedded_port == 7000 and redis_url(cfg.data) == "redis://localhost:7000"
+    for bad in (0, 70000, "x"):
+        with pytest.raises(ConfigError, match="data.embedded_port"):
+            load_config({"model": {"path": "m"}, "data": {"embedded_port": bad}})
+
+
 def test_seed_config_with_values_filled(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, FILLED_CONFIG))
 

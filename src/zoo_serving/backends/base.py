@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InferenceError, ModelError
+from ..errors import InferenceError, ModelError, ZooServingError
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,15 @@ class Model(ABC):
     def load(self) -> Model:
         """Load the model from :attr:`path`; returns self."""
         if not self._loaded:
-            self._load()
+            try:
+                self._load()
+            except ZooServingError:
+                raise
+            except Exception as exc:  # the framework's own error types vary
+                raise ModelError(
+                    f"cannot load {self.backend} model {self.path}: {type(exc).__name__}: {exc}",
+                    path=str(self.path),
+                ) from exc
             self._loaded = True
             log.info("loaded %s model %s", self.backend, self.path)
         return self

@@ -11,13 +11,13 @@ from urllib.parse import urlsplit
 from ..config import DataConfig
 from ..errors import BrokerConnectionError
 
-DEFAULT_SRC = "localhost:6379"
 RECONNECT_TRIES = 10
 
 
 def redis_url(data: DataConfig, src: str | None = None) -> str:
-    """The ``redis://`` URL for ``data.src`` (or ``src``), defaulting to localhost:6379."""
-    src = src or data.src or DEFAULT_SRC
+    """The ``redis://`` URL for ``data.src`` (or ``src``); when neither is set, the embedded
+    default's address, localhost:``data.embedded_port`` (6379)."""
+    src = src or data.src or f"localhost:{data.embedded_port}"
     if "://" in src:
         return src
     return f"redis://{src}"

@@ -9,7 +9,10 @@ start`` and ``status``, :meth:`InputQueue.wait_ready`, the HTTP front door's rea
 - ``ready``: set (to a worker's name) while a worker is ready, renewed with each beat and
   expiring after :data:`HEARTBEAT_TTL_S`, so it lapses when no ready worker is left;
 - ``model``: JSON of the served model (backend, inputs, outputs, top_n);
-- ``control``: a stop request, ``{"cmd": "stop", "ts": ...}``, for workers started before it.
+- ``control``: a stop request, ``{"cmd": "stop", "ts": ...}``, for workers started before it;
+- ``servers``: a hash, server id -> JSON claim (the model's fingerprint, host, pid, work dir),
+  renewed every :data:`HEARTBEAT_S` in Redis time: a server with another model is refused
+  while a live claim stands, one with the same model joins.
 
 Example::
 
@@ -22,11 +25,12 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .. import keys
+from .. import keys, procs
 from ..config import DataConfig
 from .connection import connect
 
@@ -35,6 +39,33 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 1.0  # how often a worker beats
 HEARTBEAT_TTL_S = 5.0  # how long readiness outlives a worker's last beat
 STOP_REQUEST_TTL_S = 60  # how long a stop request stays for workers to see
+
+# Claim KEYS[1] (servers hash) for ARGV[1] (server id) with ARGV[2] (JSON, its "model" the
+# fingerprint) unless a live claim (ts within ARGV[3] s of Redis time) is for another model;
+# drops stale claims; stamps ts. Returns {1 if claimed else 0, {live other claims}}.
+_CLAIM_LUA = """
+local now = redis.call('TIME')
+now = tonumber(now[1]) + tonumber(now[2]) / 1e6
+local mine = cjson.decode(ARGV[2])
+local others, clash = {}, false
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  if fields[i] ~= ARGV[1] then
+    local ok, other = pcall(cjson.decode, fields[i + 1])
+    if ok and type(other) == 'table' and tonumber(other.ts)
+        and now - tonumber(other.ts) <= tonumber(ARGV[3]) then
+      table.insert(others, fields[i + 1])
+      if other.model ~= mine.model then clash = true end
+    else
+      redis.call('HDEL', KEYS[1], fields[i])
+    end
+  end
+end
+if clash then return {0, others} end
+mine.ts = now
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(mine))
+return {1, others}
+"""
 
 
 class Presence:
@@ -91,21 +122,46 @@ class Presence:
                 out[name.decode("utf-8", "replace")] = beat
         return out
 
-    def ready_workers(self, *, max_age_s: float | None = None, named: str | None = None) -> int:
-        """How many workers say they are ready (only those whose name holds ``named``)."""
+    def ready_workers(
+        self,
+        *,
+        max_age_s: float | None = None,
+        named: str | None = None,
+        since: float | None = None,
+    ) -> int:
+        """How many workers say they are ready (only those whose name holds ``named``, or
+        that started at or after ``since``, wall clock)."""
         beats = self.heartbeats(max_age_s=max_age_s)
         return sum(
             1
             for name, beat in beats.items()
-            if beat.get("ready") and (named is None or named in name)
+            if beat.get("ready")
+            and (named is None or named in name)
+            and (since is None or float(beat.get("started", 0)) >= since)
         )
+
+    def live_heartbeats(self) -> dict[str, dict[str, Any]]:
+        """Heartbeats of workers that are there: written within :data:`HEARTBEAT_TTL_S`, and,
+        for a worker on this host, its process still running (a ``kill -9`` shows at once,
+        not after the heartbeat ages out)."""
+        host = socket.gethostname()
+        return {
+            name: beat
+            for name, beat in self.heartbeats(max_age_s=HEARTBEAT_TTL_S).items()
+            if beat.get("host") != host or procs.alive(int(beat.get("pid") or 0))
+        }
 
     # ------------------------------------------------------------------ workers' side
 
-    def announce(self, name: str, model: Mapping[str, Any]) -> None:
-        """Publish the model's description and that worker ``name`` is ready."""
+    def announce(
+        self, name: str, model: Mapping[str, Any], body: Mapping[str, Any] | None = None
+    ) -> None:
+        """Publish the model's description and that worker ``name`` is ready, with its first
+        heartbeat ``body`` (so whoever sees it ready also sees the worker)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(keys.model(self.stream), json.dumps(model))
+        if body is not None:
+            pipe.hset(keys.workers(self.stream), name, json.dumps(body))
         pipe.set(keys.ready(self.stream), name, px=int(HEARTBEAT_TTL_S * 1000))
         pipe.execute()
 
@@ -141,6 +197,28 @@ class Presence:
             return body.get("cmd") == "stop" and float(body.get("ts", 0)) >= since
         except (ValueError, AttributeError, TypeError):
             return False
+
+    # ------------------------------------------------------------------ servers
+
+    def claim(self, server_id: str, body: Mapping[str, Any]) -> tuple[bool, list[dict[str, Any]]]:
+        """Claim the stream for server ``server_id`` serving ``body["model"]`` (a fingerprint),
+        or renew the claim. Returns ``(claimed, other live claims)``: not claimed when a live
+        claim is for another model. Atomic, so two servers starting at once cannot both win
+        with different models."""
+        reply = self.redis.eval(
+            _CLAIM_LUA, 1, keys.servers(self.stream), server_id, json.dumps(body), HEARTBEAT_TTL_S
+        )
+        others = []
+        for raw in reply[1] or []:
+            try:
+                others.append(json.loads(raw))
+            except ValueError:
+                continue
+        return bool(reply[0]), others
+
+    def unclaim(self, server_id: str) -> None:
+        """Take server ``server_id``'s claim out (it stopped)."""
+        self.redis.hdel(keys.servers(self.stream), server_id)
 
     # ------------------------------------------------------------------ housekeeping
 

@@ -1,18 +1,25 @@
 """``zoo-serve``: init, start, stop, restart, status, log, convert, demo, bench.
 
-The commands live in :mod:`.lifecycle` (start, stop, restart, status) and :mod:`.tools` (the
-rest); this module builds the parser and runs one.
+The commands live in :mod:`.start` (start, restart), :mod:`.stop`, :mod:`.status` and
+:mod:`.tools` (the rest); this module builds the parser and runs one. Exit codes
+(:mod:`.common`): 0 done, 1 not running / not ready, 2 a bad command line or config, 3 the
+server failed, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from .._version import __version__
 from ..config import RUNNERS
 from ..errors import ZooServingError
+from .common import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code
 from .common import load as _load
-from .lifecycle import cmd_restart, cmd_start, cmd_status, cmd_stop
+from .start import cmd_restart, cmd_start
+from .status import cmd_status
+from .stop import cmd_stop
 from .tools import cmd_bench, cmd_convert, cmd_demo, cmd_init, cmd_log
 
 __all__ = ["_load", "build_parser", "main"]
@@ -20,10 +27,14 @@ __all__ = ["_load", "build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoo-serve", description="Serve models from Redis.")
+    parser.add_argument("--version", action="version", version=f"zoo-serve {__version__}")
+    config_help = "config file (config.yaml); before or after the command"
+    parser.add_argument("-c", "--config", default="config.yaml", help=config_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("-c", "--config", default="config.yaml", help="config file (config.yaml)")
+        # SUPPRESS: not given after the command, the one given before it (or the default) holds
+        p.add_argument("-c", "--config", default=argparse.SUPPRESS, help=config_help)
         return p
 
     p = with_config(sub.add_parser("init", help="write a commented default config.yaml"))
@@ -47,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="also run TensorBoard on localhost over the summaries (sets log.summary y)",
         )
+        p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # start's own child
         p.set_defaults(func=func)
 
     p = with_config(sub.add_parser("stop", help="drain in-flight records and stop"))
@@ -58,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     p = with_config(sub.add_parser("log", help="show the error log"))
-    p.add_argument("-n", type=int, default=50, help="lines to show")
+    p.add_argument("-n", type=_positive_int, default=50, help="lines to show")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     p.add_argument("--redis", action="store_true", help="the embedded Redis server's log")
     p.set_defaults(func=cmd_log)
@@ -85,10 +97,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of lines >= 1, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except ZooServingError as exc:
         print(f"zoo-serve: {exc}", file=sys.stderr)
-        return 2
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        print("\nzoo-serve: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader left (`zoo-serve log | head`); flushing stdout at exit would raise again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from ..broker.embedded import free_port, port_answers
 from ..client import InputQueue
 from ..server import Server
 
@@ -131,9 +132,11 @@ def run_demo(
     root = Path(work_dir or tempfile.mkdtemp(prefix="zoo-serving-demo-"))
     model_path = build_demo_model(root / "model" / "demo.onnx")
     paths = [Path(p) for p in images] or draw_images(root / "images")
+    # a Redis of its own: on 6379 when that is free, else on a free port (never another's)
+    port = free_port() if port_answers("localhost", 6379) else 6379
     config = {
         "model": {"path": str(model_path.parent)},
-        "data": {"shape": f"3,{SIZE},{SIZE}", "stream": "demo_stream"},
+        "data": {"shape": f"3,{SIZE},{SIZE}", "stream": "demo_stream", "embedded_port": port},
         "params": {"batch_size": 4, "top_n": top_n},
         "log": {"dir": str(root / "work")},
     }

@@ -84,11 +84,10 @@ class Config:
 
     @property
     def work_dir(self) -> Path:
-        """Where the pid file, logs and the embedded Redis live."""
-        if self.log.dir:
-            return Path(self.log.dir)
+        """Where the pid file, logs and the embedded Redis live: ``log.dir``, else
+        ``.zoo-serving`` beside the config file; a relative ``log.dir`` is relative to it."""
         base = Path(self.source).parent if self.source else Path.cwd()
-        return base / ".zoo-serving"
+        return base / (self.log.dir or ".zoo-serving")
 
     def replace(self, **dotted: Any) -> Config:
         """A copy with ``section.key`` values changed and validated.
@@ -172,8 +171,18 @@ def load_config(
         if key not in _SECTIONS:
             raise ConfigError(_unknown(str(key), list(_SECTIONS)), key=key, value=raw[key])
     sections = {name: _build_section(name, raw.get(name)) for name in _SECTIONS}
+    if path:
+        sections["model"] = _beside(sections["model"], os.path.dirname(os.path.abspath(path)))
     cfg = Config(**sections, source=os.path.abspath(path) if path else None)
     return cfg.replace(**overrides) if overrides else cfg
+
+
+def _beside(model: ModelConfig, base: str) -> ModelConfig:
+    """``model.path`` given relative is relative to the config file, not to where the command
+    runs (``zoo-serve -c other/config.yaml`` and the background server agree)."""
+    if model.path and not os.path.isabs(model.path):
+        return dataclasses.replace(model, path=os.path.join(base, model.path))
+    return model
 
 
 def _read_yaml(path: str) -> Any:

@@ -163,6 +163,16 @@ def check_path(key: str, value: Any) -> str:
     return os.path.expanduser(text)
 
 
+def check_redis_port(key: str, value: Any) -> int:
+    """A TCP port a Redis listens on: 1-65535 (no 0 for off)."""
+    port = int_checker(1)(key, value)
+    if port > 65535:
+        raise ConfigError(
+            f"{key}: expected a TCP port 1-65535, got {value!r}", key=key, value=value
+        )
+    return port
+
+
 def check_port(key: str, value: Any) -> int:
     port = int_checker(0)(key, value)
     if port > 65535:

@@ -13,6 +13,7 @@ from .checks import (
     check_memory,
     check_path,
     check_port,
+    check_redis_port,
     check_shape,
     check_src,
     check_str,
@@ -40,7 +41,12 @@ class DataConfig:
     """``data:`` where records come from and where results go."""
 
     src: str | None = opt(
-        None, check_src, "host:port or redis[s]:// URL; empty: localhost:6379, embedded if absent"
+        None,
+        check_src,
+        "host:port or redis[s]:// URL; empty: localhost:<embedded_port>, embedded if absent",
+    )
+    embedded_port: int = opt(
+        6379, check_redis_port, "port of the embedded redis-server used when src is empty"
     )
     shape: tuple[int, ...] = opt(
         (3, 224, 224), check_shape, "input shape without batch: C,H,W for images (resized to it)"

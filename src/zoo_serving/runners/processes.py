@@ -14,7 +14,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..config import Config, load_config
-from ..errors import ServerError
+from ..errors import ServerError, ZooServingError
 from ..serving.remote import (
     package_log_level,
     picklable_error,
@@ -276,7 +276,10 @@ def worker_main(raw_config: dict[str, Any], index: int, conn: Connection, level:
     try:
         worker.load()
     except BaseException as exc:
-        log.exception("worker process %d failed to start", index)
+        if isinstance(exc, ZooServingError):  # says what is wrong: no traceback
+            log.error("worker process %d failed to start: %s", index, exc)
+        else:
+            log.exception("worker process %d failed to start", index)
         with contextlib.suppress(OSError):
             conn.send(("failed", picklable_error(exc)))
         worker.close()

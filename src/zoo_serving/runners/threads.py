@@ -7,6 +7,7 @@ import threading
 import time
 
 from ..config import Config
+from ..errors import ZooServingError
 from ..observe.stats import WorkerStats
 from ..serving.remote import worker_threads
 from ..serving.worker import Worker
@@ -51,7 +52,10 @@ class ThreadsRunner(Runner):
             worker.load()
             worker.run(self._stop_event)
         except BaseException as exc:  # surfaced to the caller by raise_if_failed
-            log.exception("worker %s failed", worker.name)
+            if isinstance(exc, ZooServingError):  # says what is wrong: no traceback
+                log.error("worker %s failed: %s", worker.name, exc)
+            else:
+                log.exception("worker %s failed", worker.name)
             self._errors.append(exc)
             self._stop_event.set()
         finally:

@@ -46,7 +46,9 @@ class Heartbeat:
     def announce(self, model: Model) -> None:
         """Say what the model takes and gives, and that a worker is ready."""
         try:
-            self.presence.announce(self.name, model_info(model, self.config.params.top_n))
+            self.presence.announce(
+                self.name, model_info(model, self.config.params.top_n), self.body(True)
+            )
         except Exception as exc:  # the heartbeat says it again within a second
             log.warning("announcing worker %s failed: %s", self.name, exc)
 
