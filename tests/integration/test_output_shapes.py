@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 from zoo_serving import keys
 from zoo_serving.errors import InferenceError
