@@ -29,9 +29,9 @@ import numpy as np
 from . import keys
 from .broker.connection import connect
 from .broker.presence import Presence
-from .broker.streams import StreamProducer
+from .broker.producer import FULL, Added, Outgoing, StreamProducer
 from .config import Config, DataConfig, load_config
-from .errors import QueueFullError, ResultTimeoutError, ZooServingError
+from .errors import QueueError, QueueFullError, ResultTimeoutError, ZooServingError
 from .wire import native
 from .wire.native import ResultValue, decode_result
 
@@ -39,11 +39,9 @@ __all__ = ["InputQueue", "OutputQueue"]
 
 _DEFAULT_INPUT = "t"  # input name used when predict() gets a bare array or image
 _WINDOW = 128  # result keys looked at per round trip when waiting for many
-_CHUNK = 64  # records per round trip in enqueue_many
-
-
-def _uri(fields: Mapping[bytes, bytes]) -> str:
-    return fields[native.F_URI].decode("utf-8", "replace")
+_CHUNK = 64  # most records per round trip in enqueue_many
+_CHUNK_BYTES = 4 << 20  # and most payload bytes: the add script copies its arguments, and
+# Redis counts them against maxmemory while it holds them
 
 
 class _RedisUser:
@@ -194,6 +192,8 @@ class InputQueue(_RedisUser):
     def enqueue(self, uri: str, deadline_s: float | None = None, **inputs: Any) -> str:
         """Send one record: ``enqueue("img-1", image="cat.jpg")`` or ``enqueue("x", t=array)``.
 
+        A record goes in once, even when the connection drops and redis-py sends it again.
+
         Args:
             uri: the record's id; its result is fetched by it.
             deadline_s: seconds from now after which the server should not bother.
@@ -201,9 +201,10 @@ class InputQueue(_RedisUser):
 
         Raises:
             QueueFullError: the stream holds as many unprocessed records as the server allows
-                (``data.max_queue_len``), still after waiting ``wait_if_full_s``.
+                (``data.max_queue_len``), or Redis is out of memory (``maxmemory``), still
+                after waiting ``wait_if_full_s``.
         """
-        self._send([self._fields(uri, inputs, deadline_s)], [])
+        self._send([Outgoing(self._fields(uri, inputs, deadline_s), uri)], [])
         return uri
 
     def enqueue_many(
@@ -213,43 +214,66 @@ class InputQueue(_RedisUser):
 
         Raises:
             QueueFullError: as :meth:`enqueue`; its ``details["accepted"]`` lists the uris
-                that went in before the stream was full.
+                that went in before the stream (or Redis's memory) was full.
         """
         uris: list[str] = []
-        chunk: list[dict[bytes, bytes]] = []
+        chunk: list[Outgoing] = []
+        size = 0
         for uri, inputs in records:
-            chunk.append(self._fields(uri, inputs, deadline_s))
+            record = Outgoing(self._fields(uri, inputs, deadline_s), uri)
+            record_size = sum(len(v) for v in record.fields.values())
+            if chunk and size + record_size > _CHUNK_BYTES:
+                self._send(chunk, uris)
+                chunk, size = [], 0
+            chunk.append(record)
+            size += record_size
             if len(chunk) == _CHUNK:
                 self._send(chunk, uris)
-                chunk = []
+                chunk, size = [], 0
         if chunk:
             self._send(chunk, uris)
         return uris
 
-    def _send(self, records: list[dict[bytes, bytes]], accepted: list[str]) -> None:
-        """Add records, in order, as far as the server's bound lets them; wait for room up to
-        ``wait_if_full_s``, then raise QueueFullError naming what went in."""
-        if not self._producer.bounded():
-            self._producer.add_all(records)
-            accepted.extend(_uri(r) for r in records)
-            return
+    def _send(self, records: list[Outgoing], accepted: list[str]) -> None:
+        """Add records, in order, as far as the server's bound and Redis's memory let them;
+        wait for room up to ``wait_if_full_s``, then raise QueueFullError naming what went in."""
+        import redis
+
+        self._producer.number(records)  # now: nothing else may send between numbers and send
         deadline = time.monotonic() + self.wait_if_full_s
         pause = 0.005
         while records:
-            added, length, bound = self._producer.add_under_bound(records)
-            accepted.extend(_uri(r) for r in records[:added])
-            records = records[added:]
+            try:
+                added = self._producer.add(records)
+            except redis.exceptions.OutOfMemoryError as exc:  # before the script ran
+                added = Added(0, f"OOM {exc}", -1, 0)
+            accepted.extend(r.uri for r in records[: added.count])
+            records = records[added.count :]
             if not records:
                 return
-            if time.monotonic() + pause > deadline:
-                raise QueueFullError(
-                    f"stream {self.stream} holds {length} unprocessed records and the server's "
-                    f"bound (data.max_queue_len) is {bound}; retry later, pass wait_if_full_s "
-                    "to wait, or raise the bound",
+            if added.why != FULL and not added.out_of_memory:
+                raise QueueError(
+                    f"Redis refused record {records[0].uri!r} on stream {self.stream}: {added.why}",
                     accepted=list(accepted),
                 )
+            if time.monotonic() + pause > deadline:
+                raise QueueFullError(self._full_message(added), accepted=list(accepted))
             time.sleep(pause)
             pause = min(pause * 2, 0.2)
+
+    def _full_message(self, added: Added) -> str:
+        if added.out_of_memory:
+            return (
+                f"Redis is out of memory (maxmemory reached: {added.why}); stream "
+                f"{self.stream} takes no more records until workers answer queued ones and "
+                "their results are fetched; retry later, pass wait_if_full_s to wait, or give "
+                "Redis more memory"
+            )
+        return (
+            f"stream {self.stream} holds {added.length} unprocessed records and the server's "
+            f"bound (data.max_queue_len) is {added.bound}; retry later, pass wait_if_full_s "
+            "to wait, or raise the bound"
+        )
 
     def _fields(self, uri: str, inputs: Mapping[str, Any], deadline_s: float | None) -> Any:
         deadline_ms = None if deadline_s is None else int((time.time() + deadline_s) * 1000)

@@ -70,3 +70,9 @@ def max_len(stream: str) -> str:
     """String: the bound on unprocessed records the server set (data.max_queue_len); clients
     check it atomically when they add records."""
     return f"{PREFIX}:{{{stream}}}:max_len"
+
+
+def producer(stream: str, producer_id: str) -> str:
+    """String: the last record number a producer (one InputQueue in one thread) added to the
+    stream, so a resent add cannot add a record twice; expires 10 minutes after its last add."""
+    return f"{PREFIX}:{{{stream}}}:producer:{producer_id}"

@@ -10,7 +10,7 @@ import json
 import numpy as np
 
 from zoo_serving import keys, wire
-from zoo_serving.broker import streams
+from zoo_serving.broker import producer, streams
 from zoo_serving.config import load_config
 from zoo_serving.errors import ShapeError
 from zoo_serving.observe.stats import WorkerStats
@@ -24,7 +24,7 @@ def sha1(text: str) -> str:
 
 def test_lua_scripts_are_the_ones_redis_knows() -> None:
     assert sha1(streams._COMPLETE_LUA) == "483018a47a80cf831abcd0af85c092fc8d807557"
-    assert sha1(streams._ENQUEUE_LUA) == "b9ea825ab08ff4ed87373d6eaac0674f9819d9e8"
+    assert sha1(producer._ENQUEUE_LUA) == "658a4e3c956276a183a969751748691308800fd6"
 
 
 def test_key_names() -> None:
@@ -38,6 +38,7 @@ def test_key_names() -> None:
     assert keys.control("s") == "zs:{s}:control"
     assert keys.dead_letter("s") == "zs:{s}:dead"
     assert keys.max_len("s") == "zs:{s}:max_len"
+    assert keys.producer("s", "p") == "zs:{s}:producer:p"
 
 
 def test_result_places_per_protocol() -> None:
