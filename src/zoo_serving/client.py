@@ -90,8 +90,7 @@ class _RedisUser:
 
     # results ------------------------------------------------------------------
 
-    def _pop(self, uri: str | bytes, timeout: float | None) -> ResultValue | None:
-        key = keys.result(self.stream, uri)
+    def _pop(self, key: bytes, timeout: float | None) -> ResultValue | None:
         if timeout is None:
             blob = self.db.lpop(key)
         else:
@@ -99,17 +98,17 @@ class _RedisUser:
             blob = reply[1] if reply else None
         return None if blob is None else decode_result(blob)
 
-    def _pop_many(self, uris: list[str], timeout: float) -> dict[str, ResultValue]:
-        """Block until every uri has a result or ``timeout`` seconds have passed in total.
+    def _pop_many(self, wanted: list[bytes], timeout: float) -> dict[bytes, ResultValue]:
+        """Block until every result key has its result or ``timeout`` seconds have passed in
+        total; results by key.
 
         Results arrive roughly in the order records were sent, so this works on a window of
         the oldest missing keys: take whatever of the window is there in one pipelined round
         trip, and when nothing is, block (BLPOP) on the window until something arrives.
         """
-        by_key = {keys.result(self.stream, u): u for u in uris}
-        out: dict[str, ResultValue] = {}
+        out: dict[bytes, ResultValue] = {}
         deadline = time.monotonic() + timeout
-        waiting = list(by_key)
+        waiting = list(wanted)
         while waiting:
             window = waiting[:_WINDOW]
             pipe = self.db.pipeline(transaction=False)
@@ -125,7 +124,7 @@ class _RedisUser:
                     break
                 got = {reply[0]: reply[1]}
             for key, blob in got.items():
-                out[by_key[key]] = decode_result(blob)
+                out[key] = decode_result(blob)
             waiting = [k for k in window if k not in got] + waiting[len(window) :]
         return out
 
@@ -216,11 +215,17 @@ class InputQueue(_RedisUser):
             QueueFullError: as :meth:`enqueue`; its ``details["accepted"]`` lists the uris
                 that went in before the stream (or Redis's memory) was full.
         """
+        return self._send_all(
+            Outgoing(self._fields(uri, inputs, deadline_s), uri) for uri, inputs in records
+        )
+
+    def _send_all(self, records: Iterable[Outgoing]) -> list[str]:
+        """Send records in chunks of at most _CHUNK records and _CHUNK_BYTES; returns the
+        uris."""
         uris: list[str] = []
         chunk: list[Outgoing] = []
         size = 0
-        for uri, inputs in records:
-            record = Outgoing(self._fields(uri, inputs, deadline_s), uri)
+        for record in records:
             record_size = sum(len(v) for v in record.fields.values())
             if chunk and size + record_size > _CHUNK_BYTES:
                 self._send(chunk, uris)
@@ -282,6 +287,9 @@ class InputQueue(_RedisUser):
     def predict(self, inputs: Any, timeout: float = 30.0) -> Any:
         """Send one record and wait for its result; ``timeout`` bounds the total wait.
 
+        The result goes to a key only this call knows (protocol 2, ``reply_to``): no other
+        client, and no :meth:`OutputQueue.dequeue`, can take it.
+
         Args:
             inputs: an ndarray, image bytes or path, or a dict of them by input name;
                 a list of those sends a batch and returns a list of results.
@@ -292,23 +300,51 @@ class InputQueue(_RedisUser):
         """
         if isinstance(inputs, list):
             return self.predict_many(inputs, timeout)
-        uri = f"predict-{uuid.uuid4().hex}"
-        self.enqueue(uri, deadline_s=timeout, **_named(inputs))
-        result = self._pop(uri, timeout)
-        if result is None:
-            raise ResultTimeoutError(f"no result for {uri} within {timeout}s; is a server running?")
-        return _value(result)
+        return self.predict_many([inputs], timeout)[0]
 
-    def predict_many(self, batch: list[Any], timeout: float = 30.0) -> list[Any]:
-        """Send several records and wait for all of them; ``timeout`` bounds the total wait."""
-        uris = [f"predict-{uuid.uuid4().hex}" for _ in batch]
-        self.enqueue_many(zip(uris, (_named(x) for x in batch)), deadline_s=timeout)
-        results = self._pop_many(uris, timeout)
-        if len(results) < len(uris):
-            raise ResultTimeoutError(
-                f"{len(uris) - len(results)} of {len(uris)} results missing after {timeout}s"
+    def predict_many(
+        self, batch: list[Any], timeout: float = 30.0, *, return_exceptions: bool = False
+    ) -> list[Any]:
+        """Send several records and wait for all of them; ``timeout`` bounds the total wait.
+
+        With ``return_exceptions``, a failed record's error object takes its place in the list
+        instead of being raised.
+
+        Raises:
+            ResultTimeoutError: results missing after ``timeout`` seconds
+                (``details["missing"]``: how many).
+        """
+        tokens = [uuid.uuid4().hex for _ in batch]
+        self._send_private(tokens, batch, timeout)
+        replies = [keys.reply(self.stream, t) for t in tokens]
+        if len(replies) == 1:  # one BLPOP, no first look
+            one = self._pop(replies[0], timeout)
+            results = {} if one is None else {replies[0]: one}
+        else:
+            results = self._pop_many(replies, timeout)
+        missing = len(replies) - len(results)
+        if missing:
+            what = (
+                f"no result for predict-{tokens[0]} within {timeout}s; is a server running?"
+                if len(replies) == 1
+                else f"{missing} of {len(replies)} results missing after {timeout}s"
             )
-        return [_value(results[u]) for u in uris]
+            raise ResultTimeoutError(what, missing=missing)
+        if return_exceptions:
+            return [results[k] for k in replies]
+        return [_value(results[k]) for k in replies]
+
+    def _send_private(self, tokens: list[str], batch: list[Any], deadline_s: float) -> None:
+        deadline_ms = int((time.time() + deadline_s) * 1000)
+        self._send_all(
+            Outgoing(
+                native.encode_request(
+                    f"predict-{token}", _named(x), deadline_ms, views=True, reply_to=token.encode()
+                ),
+                f"predict-{token}",
+            )
+            for token, x in zip(tokens, batch)
+        )
 
 
 class OutputQueue(_RedisUser):
@@ -324,13 +360,14 @@ class OutputQueue(_RedisUser):
         With ``timeout`` (seconds), block up to that long for it instead of returning None.
         Raises the record's :class:`ZooServingError` when it failed.
         """
-        result = self._pop(uri, timeout)
+        result = self._pop(keys.result(self.stream, uri), timeout)
         return None if result is None else _value(result)
 
     def query_many(self, uris: list[str], timeout: float) -> dict[str, Any]:
         """Results of several uris, waiting up to ``timeout`` seconds in total; a failed record
         maps to its error object, a missing one is absent."""
-        return self._pop_many(list(uris), timeout)
+        by_key = {keys.result(self.stream, u): u for u in uris}
+        return {by_key[k]: v for k, v in self._pop_many(list(by_key), timeout).items()}
 
     def dequeue(self) -> dict[str, Any]:
         """Every result not fetched yet, by uri (failed records map to their error object)."""

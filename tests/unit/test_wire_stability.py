@@ -23,7 +23,7 @@ def sha1(text: str) -> str:
 
 
 def test_lua_scripts_are_the_ones_redis_knows() -> None:
-    assert sha1(streams._COMPLETE_LUA) == "483018a47a80cf831abcd0af85c092fc8d807557"
+    assert sha1(streams._COMPLETE_LUA) == "50786e090f294004d5313716ba4e764f4113624c"
     assert sha1(producer._ENQUEUE_LUA) == "658a4e3c956276a183a969751748691308800fd6"
 
 
@@ -39,6 +39,7 @@ def test_key_names() -> None:
     assert keys.dead_letter("s") == "zs:{s}:dead"
     assert keys.max_len("s") == "zs:{s}:max_len"
     assert keys.producer("s", "p") == "zs:{s}:producer:p"
+    assert keys.reply("s", "t") == b"zs:{s}:reply:t"
 
 
 def test_result_places_per_protocol() -> None:
@@ -47,6 +48,20 @@ def test_result_places_per_protocol() -> None:
         b"cluster-serving_s:u", "hash"
     )
     assert wire.result_place(wire.SEED, "s", b"u") == wire.ResultPlace(b"result:u", "hash")
+    v2 = {b"uri": b"u", b"zs": b"2", b"reply_to": b"t"}
+    assert wire.result_place(wire.NATIVE, "s", b"u", v2) == wire.ResultPlace(
+        b"zs:{s}:reply:t", "private"
+    )
+    v1 = {**v2, b"zs": b"1"}  # in version 1, reply_to is the client's own field: ignored
+    assert wire.result_place(wire.NATIVE, "s", b"u", v1) == wire.ResultPlace(
+        b"zs:{s}:result:u", "list"
+    )
+
+
+def test_request_fields_of_version_2() -> None:
+    fields = wire.native.encode_request("u", {"t": b"img"}, reply_to=b"tok")
+    assert fields == {b"uri": b"u", b"zs": b"2", b"reply_to": b"tok", b"image:t": b"img"}
+    assert wire.native.encode_request("u", {"t": b"img"})[b"zs"] == b"1"
 
 
 def test_heartbeat_fields_in_order() -> None:

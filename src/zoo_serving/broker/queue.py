@@ -33,7 +33,8 @@ class Entry:
 class Completion:
     """One record answered: the entry to acknowledge, its uri, the encoded result, and where
     the result goes: ``key``, written as a one-element list (:data:`keys.AS_LIST`, the uri also
-    added to the stream's finished list) or as a hash's ``value`` field (:data:`keys.AS_HASH`)."""
+    added to the stream's finished list; :data:`keys.AS_PRIVATE`, not added) or as a hash's
+    ``value`` field (:data:`keys.AS_HASH`)."""
 
     entry: Entry
     uri: bytes

@@ -24,8 +24,9 @@ log = logging.getLogger("zoo_serving.queue")
 
 # KEYS: stream, finished list, then one result key per entry
 # ARGV: group, ttl_ms, finished_max, then (id, value, uri, how) per entry; how is 'l' (native:
-# a one-element list, uri added to the finished list) or 'h' (Analytics Zoo and seed-era
-# clients: a hash with the field 'value')
+# a one-element list, uri added to the finished list), 'p' (native with reply_to: a
+# one-element list, private to its sender) or 'h' (Analytics Zoo and seed-era clients: a hash
+# with the field 'value')
 _COMPLETE_LUA = """
 local written = 0
 local n = #KEYS - 2
@@ -39,7 +40,9 @@ for i = 1, n do
       redis.call('HSET', key, 'value', ARGV[base + 2])
     else
       redis.call('RPUSH', key, ARGV[base + 2])
-      redis.call('RPUSH', KEYS[2], ARGV[base + 3])
+      if ARGV[base + 4] == 'l' then
+        redis.call('RPUSH', KEYS[2], ARGV[base + 3])
+      end
     end
     redis.call('PEXPIRE', key, ARGV[2])
     written = written + 1
@@ -54,6 +57,7 @@ return written
 """
 
 FINISHED_MAX = 100_000  # uris remembered for OutputQueue.dequeue
+_HOW = {keys.AS_LIST: "l", keys.AS_PRIVATE: "p", keys.AS_HASH: "h"}  # Completion.how -> Lua
 
 
 class RedisStreamQueue(Queue):
@@ -181,7 +185,7 @@ class RedisStreamQueue(Queue):
         args: list[Any] = [self.group, self.result_ttl_ms, FINISHED_MAX]
         for c in done:
             keys_.append(c.key)
-            args.extend((c.entry.id, c.value, c.uri, "l" if c.how == keys.AS_LIST else "h"))
+            args.extend((c.entry.id, c.value, c.uri, _HOW[c.how]))
         return int(self._complete(keys=keys_, args=args))
 
     def pending(self) -> int:

@@ -348,7 +348,7 @@ class Worker:
         stream = self.config.data.stream
         done = []
         for i in items:
-            place = wire.result_place(i.reply, stream, i.uri)
+            place = wire.result_place(i.reply, stream, i.uri, i.entry.fields)
             done.append(Completion(i.entry, i.uri, i.result or b"", place.key, place.how))
         queue = self.queue
         # keep the results until Redis takes them

@@ -1,0 +1,110 @@
+"""Whose result is whose: what predict() and the HTTP door wait for is theirs alone, and
+OutputQueue.dequeue() takes only results of records enqueued by uri."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from helpers import assert_top_n, onnx_direct
+from zoo_serving import OutputQueue, keys
+from zoo_serving.broker.embedded import free_port
+from zoo_serving.errors import ShapeError
+
+
+class Drain:
+    """Another client calling ``OutputQueue.dequeue()`` over and over in a thread."""
+
+    def __init__(self, url: str, stream: str) -> None:
+        self.queue = OutputQueue(url=url, name=stream)
+        self.taken: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.taken.update(self.queue.dequeue())
+            self._stop.wait(0.0005)
+
+    def wait_for(self, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.taken) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def __enter__(self) -> Drain:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.queue.close()
+
+
+def _xs(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 50, (n, 3, 32, 32)).astype(np.float32)
+
+
+def test_dequeue_takes_none_of_what_predict_waits_for(
+    onnx_model_dir, serve, client, redis_url, redis_client, stream
+) -> None:
+    xs = _xs(60, 11)
+    direct = onnx_direct(onnx_model_dir, xs)
+    got: list[Any] = []
+    with Drain(redis_url, stream) as drain:
+        waiting = threading.Thread(target=lambda: got.extend(client.predict_many(list(xs[:50]))))
+        waiting.start()  # records queued before any worker: their results come in a burst
+        deadline = time.monotonic() + 30
+        while redis_client.xlen(stream) < 50 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        serve(onnx_model_dir, **{"params.batch_size": 8})
+        waiting.join(60)
+        singles = [client.predict(x, timeout=30) for x in xs[50:55]]
+        with pytest.raises(ShapeError, match=r"\(3, 16, 16\)"):  # an error comes back privately
+            client.predict(np.zeros((3, 16, 16), np.float32), timeout=30)
+        client.enqueue_many((f"pub{i}", {"t": xs[i]}) for i in range(55, 60))
+        drain.wait_for(5, timeout=30)
+    assert sorted(drain.taken) == [f"pub{i}" for i in range(55, 60)]
+    for i, result in enumerate(got + singles + [drain.taken[f"pub{i}"] for i in range(55, 60)]):
+        assert_top_n(result, direct[i], 3)
+    assert redis_client.llen(keys.finished(stream)) == 0  # all five public ones dequeued
+    assert redis_client.keys(keys.reply(stream, "*")) == []  # and every reply fetched
+
+
+@pytest.fixture
+def http_door(serve: Any, onnx_model_dir: Any) -> Iterator[Any]:
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    config = {"http.port": free_port(), "http.model_name": "cnn", "params.top_n": 0}
+    server = serve(onnx_model_dir, **config)
+    with httpx.Client(base_url=server.http.url, timeout=30) as door:
+        yield door
+
+
+def test_dequeue_takes_none_of_what_http_callers_wait_for(
+    onnx_model_dir, http_door, redis_url, redis_client, stream
+) -> None:
+    xs = _xs(12, 12)
+    direct = onnx_direct(onnx_model_dir, xs)
+    with Drain(redis_url, stream) as drain:
+        for i in range(0, 12, 3):
+            body = {
+                "inputs": [
+                    {"name": "input", "shape": [3, 3, 32, 32], "datatype": "FP32",
+                     "data": xs[i : i + 3].ravel().tolist()}
+                ]
+            }  # fmt: skip
+            reply = http_door.post("/v2/models/cnn/infer", json=body)
+            assert reply.status_code == 200, reply.text
+            (out,) = reply.json()["outputs"]
+            scores = np.asarray(out["data"], np.float32).reshape(out["shape"])
+            np.testing.assert_allclose(scores, direct[i : i + 3], rtol=0, atol=1e-5)
+        time.sleep(0.2)  # the drain had its chances
+    assert drain.taken == {}
+    assert redis_client.llen(keys.finished(stream)) == 0
