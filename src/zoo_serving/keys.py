@@ -29,6 +29,14 @@ def reply(stream: str, token: str | bytes) -> bytes:
     return f"{PREFIX}:{{{stream}}}:reply:".encode() + token_b
 
 
+def uri_claim(stream: str, uri: str | bytes) -> bytes:
+    """String: the id of the entry that claims ``uri`` while it is queued or in flight
+    (``InputQueue.enqueue``), so a second record cannot take its result key; the complete step
+    deletes it when it writes that result (the result key then holds the uri until fetched)."""
+    uri_b = uri if isinstance(uri, bytes) else uri.encode("utf-8")
+    return f"{PREFIX}:{{{stream}}}:claim:".encode() + uri_b
+
+
 def zoo_result(stream: str, uri: str | bytes) -> bytes:
     """Hash ``cluster-serving_<stream>:<uri>``, field ``value``: the result of an Analytics Zoo
     v0.9-v0.11 record (base64 Arrow, or ``NaN``), where that release's client looks for it;

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from helpers import assert_top_n, onnx_direct
-from zoo_serving import OutputQueue, keys
+from zoo_serving import InputQueue, OutputQueue, UriInUseError, keys
 from zoo_serving.broker.embedded import free_port
 from zoo_serving.errors import ShapeError
 
@@ -108,3 +108,98 @@ def test_dequeue_takes_none_of_what_http_callers_wait_for(
         time.sleep(0.2)  # the drain had its chances
     assert drain.taken == {}
     assert redis_client.llen(keys.finished(stream)) == 0
+
+
+def _result_key_filled(redis_client: Any, stream: str, uri: str) -> None:
+    deadline = time.monotonic() + 30
+    while not redis_client.exists(keys.result(stream, uri)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_uri_serves_one_record_at_a_time(
+    onnx_model_dir, serve, client, redis_url, redis_client, stream, output
+) -> None:
+    xs = _xs(4, 13)
+    direct = onnx_direct(onnx_model_dir, xs)
+    other = InputQueue(url=redis_url, name=stream)
+    try:
+        client.enqueue("x", t=xs[0])
+        claim = keys.uri_claim(stream, "x")
+        assert 0 < redis_client.pttl(claim) <= 86_400_000
+        with pytest.raises(UriInUseError, match="uri 'x' is in use.*still queued") as info:
+            other.enqueue("x", t=xs[1])  # queued: its result key would be shared
+        assert info.value.details["accepted"] == []
+        serve(onnx_model_dir)
+        _result_key_filled(redis_client, stream, "x")
+        assert not redis_client.exists(claim)  # answered: the result key holds the uri now
+        with pytest.raises(UriInUseError):
+            other.enqueue("x", t=xs[1])  # answered, not fetched yet
+        assert_top_n(output.query("x", timeout=30), direct[0], 3)
+        other.enqueue("x", t=xs[1])  # fetched: the uri is free again
+        assert_top_n(output.query("x", timeout=30), direct[1], 3)
+
+        with pytest.raises(UriInUseError) as many:  # twice in one batch: the second is refused
+            client.enqueue_many([("y", {"t": xs[2]}), ("z", {"t": xs[3]}), ("y", {"t": xs[3]})])
+        assert many.value.details["accepted"] == ["y", "z"]
+        got = output.query_many(["y", "z"], timeout=30)
+        assert_top_n(got["y"], direct[2], 3)
+        assert_top_n(got["z"], direct[3], 3)
+    finally:
+        other.close()
+
+
+def test_two_clients_racing_for_uris_never_get_each_others_results(
+    onnx_model_dir, serve, redis_url, stream, output
+) -> None:
+    n = 200
+    xs = _xs(2, 14)  # client 0 sends xs[0] for every uri, client 1 xs[1]
+    direct = onnx_direct(onnx_model_dir, xs)
+    won: dict[int, list[str]] = {0: [], 1: []}
+
+    def send(who: int) -> None:
+        with InputQueue(url=redis_url, name=stream) as queue:
+            for i in range(n):
+                try:
+                    queue.enqueue(f"u{i}", t=xs[who])
+                    won[who].append(f"u{i}")
+                except UriInUseError:
+                    pass
+
+    serve(onnx_model_dir)
+    senders = [threading.Thread(target=send, args=(who,)) for who in (0, 1)]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join()
+    assert not set(won[0]) & set(won[1])  # no uri went in twice
+    results = output.query_many(won[0] + won[1], timeout=60)
+    assert len(results) == len(won[0]) + len(won[1])
+    for who in (0, 1):
+        for uri in won[who]:
+            assert_top_n(results[uri], direct[who], 3)
+
+
+def test_writing_a_result_drops_only_the_claim_its_own_record_holds(redis_client, stream):
+    """A version-1 record (a deployed older client, which claims nothing) with the same uri
+    as a queued newer one must not free the newer one's claim when it is answered."""
+    from zoo_serving import wire
+    from zoo_serving.broker.queue import Completion
+    from zoo_serving.broker.streams import RedisStreamQueue
+
+    queue = RedisStreamQueue(redis_client, stream)
+    queue.setup()
+    old_id = redis_client.xadd(stream, {"uri": "x", "zs": "1", "image:t": b"\xff"})
+    new_id = redis_client.xadd(stream, {"uri": "x", "zs": "2", "image:t": b"\xff"})
+    claim = keys.uri_claim(stream, "x")
+    redis_client.set(claim, new_id)  # what the newer client's enqueue did
+    entries = queue.read(10, block_ms=100)
+    assert [e.id for e in entries] == [old_id, new_id]
+
+    def complete(entry: Any) -> None:
+        place = wire.result_place(wire.NATIVE, stream, b"x", entry.fields)
+        queue.complete([Completion(entry, b"x", b"r", place.key, place.how, place.claim)])
+
+    complete(entries[0])
+    assert redis_client.get(claim) == new_id
+    complete(entries[1])
+    assert not redis_client.exists(claim)

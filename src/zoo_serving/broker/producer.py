@@ -23,37 +23,50 @@ from typing import Any
 
 from .. import keys
 
-# KEYS: stream, max_len key, producer key
-# ARGV: producer_ttl_ms, record count, then per record: seq, field count, fields...
+# KEYS: stream, max_len key, producer key, then per record: its uri's claim key and its uri's
+#   result key
+# ARGV: producer_ttl_ms, claim_ttl_ms, record count, then per record: seq, '1' if its result
+#   goes under its uri (else '0': a private reply), field count, fields...
 # Goes through the records in order: one numbered at or below the producer's last was added
 # by an earlier run of this very call (a resend) and counts as in; any other is added while
-# the stream is under the bound. Stops at the first that cannot go in: the stream is full, or
-# Redis refuses the XADD (out of memory: maxmemory reached). Returns {records in, why it
-# stopped ('' when all are in, 'full', or Redis's error), stream length, bound}.
+# the stream is under the bound. A record answered under its uri also claims the uri (the
+# claim holds its entry id; the complete step drops it when it writes the result), and cannot
+# go in while the uri is claimed or has a result waiting. Stops at the first record that
+# cannot go in: the stream is full ('full'), the uri is in use ('taken'), or Redis refuses
+# the XADD (out of memory: maxmemory reached). Returns {records in, why it stopped ('' when
+# all are in), stream length, bound}.
 _ENQUEUE_LUA = """
 local max = tonumber(redis.call('GET', KEYS[2]) or '0')
 local last = tonumber(redis.call('GET', KEYS[3]) or '0')
 local len = redis.call('XLEN', KEYS[1])
 local newest = last
 local done, why = 0, ''
-local i = 3
-for r = 1, tonumber(ARGV[2]) do
-  local seq, nf = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+local i = 4
+for r = 1, tonumber(ARGV[3]) do
+  local seq, public, nf = tonumber(ARGV[i]), ARGV[i + 1], tonumber(ARGV[i + 2])
   if seq > last then
     if max > 0 and len >= max then
       why = 'full'
       break
     end
-    local added = redis.pcall('XADD', KEYS[1], '*', unpack(ARGV, i + 2, i + 1 + 2 * nf))
-    if type(added) == 'table' and added.err then
-      why = added.err
+    local claim, result = KEYS[2 + 2 * r], KEYS[3 + 2 * r]
+    if public == '1' and redis.call('EXISTS', claim, result) > 0 then
+      why = 'taken'
       break
+    end
+    local id = redis.pcall('XADD', KEYS[1], '*', unpack(ARGV, i + 3, i + 2 + 2 * nf))
+    if type(id) == 'table' and id.err then
+      why = id.err
+      break
+    end
+    if public == '1' then
+      redis.call('SET', claim, id, 'PX', ARGV[2])
     end
     len = len + 1
     newest = seq
   end
   done = r
-  i = i + 2 + 2 * nf
+  i = i + 3 + 2 * nf
 end
 if newest > last then
   redis.call('SET', KEYS[3], newest, 'PX', ARGV[1])
@@ -64,24 +77,30 @@ return {done, why, len, max}
 # how long Redis remembers a producer's last number after its last add: far longer than
 # redis-py goes on resending a command (about 10 tries, a second apart at most)
 PRODUCER_TTL_MS = 600_000
+# how long a uri stays claimed by a record nobody answers (the complete step drops the claim
+# when it writes the result; this only bounds a claim whose record was deleted unanswered)
+CLAIM_TTL_MS = 86_400_000
 FULL = "full"  # why an add stopped: the stream is at the server's bound
+TAKEN = "taken"  # why an add stopped: the record's uri is in use (queued, or a result waits)
 
 
 @dataclass
 class Outgoing:
-    """A record on its way in: its stream fields, its uri, and its number (given by
-    :meth:`StreamProducer.number`, just before it is first sent)."""
+    """A record on its way in: its stream fields, its uri, whether its result goes under
+    that uri (it then claims the uri while it is in use; else its result is a private reply),
+    and its number (given by :meth:`StreamProducer.number`, just before it is first sent)."""
 
     fields: dict[bytes, Any]
     uri: str
+    public: bool = True
     seq: int = 0
 
 
 @dataclass(frozen=True)
 class Added:
     """What one add did: how many records, from the first, are in the stream; why it stopped
-    short ('' if it did not, :data:`FULL`, or Redis's error, such as ``OOM command not
-    allowed ...``); the stream's length after it, and the bound (0: none)."""
+    short ('' if it did not, :data:`FULL`, :data:`TAKEN`, or Redis's error, such as ``OOM
+    command not allowed ...``); the stream's length after it, and the bound (0: none)."""
 
     count: int
     why: str
@@ -136,12 +155,19 @@ class StreamProducer:
         """Add numbered records in order, while the stream is under the bound, in one atomic
         step that a resend cannot repeat."""
         producer = self.number(records)
-        args: list[Any] = [PRODUCER_TTL_MS, len(records)]
+        args: list[Any] = [PRODUCER_TTL_MS, CLAIM_TTL_MS, len(records)]
+        stream_keys: list[Any] = [
+            self.stream,
+            self._max_len_key,
+            keys.producer(self.stream, producer),
+        ]
         for record in records:
-            args.extend((record.seq, len(record.fields)))
+            stream_keys.extend(
+                (keys.uri_claim(self.stream, record.uri), keys.result(self.stream, record.uri))
+            )
+            args.extend((record.seq, "1" if record.public else "0", len(record.fields)))
             for key, value in record.fields.items():
                 args.extend((key, value))
-        stream_keys = [self.stream, self._max_len_key, keys.producer(self.stream, producer)]
         done, why, length, bound = self._add(keys=stream_keys, args=args)
         if isinstance(why, bytes):
             why = why.decode("utf-8", "replace")

@@ -22,19 +22,20 @@ from .queue import Completion, Entry, Queue, consumer_name
 # the logger name error.log lines carry, as docs/observability.md shows them
 log = logging.getLogger("zoo_serving.queue")
 
-# KEYS: stream, finished list, then one result key per entry
+# KEYS: stream, finished list, then per entry: its result key, its uri's claim key (for 'l';
+# the result key again for the others)
 # ARGV: group, ttl_ms, finished_max, then (id, value, uri, how) per entry; how is 'l' (native:
-# a one-element list, uri added to the finished list), 'p' (native with reply_to: a
-# one-element list, private to its sender) or 'h' (Analytics Zoo and seed-era clients: a hash
-# with the field 'value')
+# a one-element list, uri added to the finished list, the uri's claim dropped if this entry
+# holds it), 'p' (native with reply_to: a one-element list, private to its sender) or 'h'
+# (Analytics Zoo and seed-era clients: a hash with the field 'value')
 _COMPLETE_LUA = """
 local written = 0
-local n = #KEYS - 2
+local n = (#KEYS - 2) / 2
 for i = 1, n do
   local base = 3 + (i - 1) * 4
   local id = ARGV[base + 1]
   if redis.call('XACK', KEYS[1], ARGV[1], id) == 1 then
-    local key = KEYS[2 + i]
+    local key = KEYS[1 + 2 * i]
     redis.call('DEL', key)
     if ARGV[base + 4] == 'h' then
       redis.call('HSET', key, 'value', ARGV[base + 2])
@@ -42,6 +43,9 @@ for i = 1, n do
       redis.call('RPUSH', key, ARGV[base + 2])
       if ARGV[base + 4] == 'l' then
         redis.call('RPUSH', KEYS[2], ARGV[base + 3])
+        if redis.call('GET', KEYS[2 + 2 * i]) == id then
+          redis.call('DEL', KEYS[2 + 2 * i])
+        end
       end
     end
     redis.call('PEXPIRE', key, ARGV[2])
@@ -184,7 +188,7 @@ class RedisStreamQueue(Queue):
         keys_: list[Any] = [self.stream, self._finished_key]
         args: list[Any] = [self.group, self.result_ttl_ms, FINISHED_MAX]
         for c in done:
-            keys_.append(c.key)
+            keys_.extend((c.key, c.claim or c.key))
             args.extend((c.entry.id, c.value, c.uri, _HOW[c.how]))
         return int(self._complete(keys=keys_, args=args))
 

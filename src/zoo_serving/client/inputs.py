@@ -1,5 +1,5 @@
 """The sending side: :class:`InputQueue` adds records (each exactly once, under the server's
-bound) and waits for ``predict`` results at private keys."""
+bound, a uri used by one record at a time) and waits for ``predict`` results at private keys."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .. import keys
-from ..broker.producer import FULL, Added, Outgoing, StreamProducer
-from ..errors import QueueError, QueueFullError, ResultTimeoutError
+from ..broker.producer import FULL, TAKEN, Added, Outgoing, StreamProducer
+from ..errors import QueueError, QueueFullError, ResultTimeoutError, UriInUseError
 from ..wire import native
 from .common import RedisUser, named, result_or_raise
 
@@ -44,7 +44,8 @@ class InputQueue(RedisUser):
         A record goes in once, even when the connection drops and redis-py sends it again.
 
         Args:
-            uri: the record's id; its result is fetched by it.
+            uri: the record's id; its result is fetched by it (``OutputQueue.query``, or
+                ``dequeue``, from any client). One record at a time per uri.
             deadline_s: seconds from now after which the server should not bother.
             **inputs: one keyword per model input: an ndarray (tensor), bytes or a path (image).
 
@@ -52,6 +53,8 @@ class InputQueue(RedisUser):
             QueueFullError: the stream holds as many unprocessed records as the server allows
                 (``data.max_queue_len``), or Redis is out of memory (``maxmemory``), still
                 after waiting ``wait_if_full_s``.
+            UriInUseError: an earlier record with this uri is still queued, or its result
+                was not fetched yet; the two would share one result.
         """
         self._send([Outgoing(self._fields(uri, inputs, deadline_s), uri)], [])
         return uri
@@ -62,8 +65,8 @@ class InputQueue(RedisUser):
         """Send ``(uri, {name: value})`` records, many per round trip; returns the uris.
 
         Raises:
-            QueueFullError: as :meth:`enqueue`; its ``details["accepted"]`` lists the uris
-                that went in before the stream (or Redis's memory) was full.
+            QueueFullError, UriInUseError: as :meth:`enqueue`; ``details["accepted"]`` lists
+                the uris that went in, in order, before the one that could not.
         """
         return self._send_all(
             Outgoing(self._fields(uri, inputs, deadline_s), uri) for uri, inputs in records
@@ -106,6 +109,15 @@ class InputQueue(RedisUser):
             records = records[added.count :]
             if not records:
                 return
+            if added.why == TAKEN:
+                raise UriInUseError(
+                    f"uri {records[0].uri!r} is in use on stream {self.stream}: a record sent "
+                    "with it is still queued, or its result waits to be fetched "
+                    "(OutputQueue.query or dequeue takes it; it expires after "
+                    "data.result_ttl_s); use another uri, or fetch that result first",
+                    accepted=list(accepted),
+                    uri=records[0].uri,
+                )
             if added.why != FULL and not added.out_of_memory:
                 raise QueueError(
                     f"Redis refused record {records[0].uri!r} on stream {self.stream}: {added.why}",
@@ -132,7 +144,9 @@ class InputQueue(RedisUser):
 
     def _fields(self, uri: str, inputs: Mapping[str, Any], deadline_s: float | None) -> Any:
         deadline_ms = None if deadline_s is None else int((time.time() + deadline_s) * 1000)
-        return native.encode_request(uri, named(inputs), deadline_ms, views=True)
+        return native.encode_request(
+            uri, named(inputs), deadline_ms, views=True, version=native.VERSION_2
+        )
 
     def predict(self, inputs: Any, timeout: float = 30.0) -> Any:
         """Send one record and wait for its result; ``timeout`` bounds the total wait.
@@ -192,6 +206,7 @@ class InputQueue(RedisUser):
                     f"predict-{token}", named(x), deadline_ms, views=True, reply_to=token.encode()
                 ),
                 f"predict-{token}",
+                public=False,
             )
             for token, x in zip(tokens, batch)
         )

@@ -53,11 +53,13 @@ Pairs = list[tuple[int, float]]  # one record's top-N answer, best first
 
 @dataclass(frozen=True)
 class ResultPlace:
-    """Where a record's result goes: the key, and how it is written there (:data:`LIST`,
-    :data:`PRIVATE` or :data:`HASH`)."""
+    """Where a record's result goes: the key, how it is written there (:data:`LIST`,
+    :data:`PRIVATE` or :data:`HASH`), and for :data:`LIST` the uri's claim key, which the
+    write drops when this record holds it."""
 
     key: bytes
     how: str
+    claim: bytes | None = None
 
 
 def reply_kind(fields: Mapping[bytes, bytes]) -> str:
@@ -140,7 +142,7 @@ def result_place(
     token = None if fields is None else native.reply_token(fields)
     if token is not None:
         return ResultPlace(keys.reply(stream, token), PRIVATE)
-    return ResultPlace(keys.result(stream, uri), LIST)
+    return ResultPlace(keys.result(stream, uri), LIST, keys.uri_claim(stream, uri))
 
 
 def result_key(

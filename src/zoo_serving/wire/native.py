@@ -12,6 +12,9 @@ A request is one stream entry, every field raw bytes::
     reply_to       version 2, optional: a token; the result goes to the sender's private key
                    (``keys.reply``) instead of the uri's
 
+Version 2 is version 1 plus ``reply_to``, and a server that drops a uri's claim
+(``keys.uri_claim``) when it writes the uri's result.
+
 A result is one bytes value: a JSON header, then (for tensors) ``\\n`` and the C-order bytes of
 every output, one after the other::
 
@@ -78,6 +81,7 @@ def encode_request(
     *,
     views: bool = False,
     reply_to: bytes | None = None,
+    version: bytes = VERSION,
 ) -> dict[bytes, Any]:
     """Stream fields for one record: an ndarray is a tensor, bytes are an encoded image.
 
@@ -85,12 +89,13 @@ def encode_request(
     buffer instead of a copy: for senders that write the fields out before the caller can
     change the array (see :func:`zoo_serving.broker.connection.connect`'s ``zero_copy``).
     With ``reply_to`` (a token, version 2), the result goes to ``keys.reply(stream, token)``.
+    ``version``: the ``zs`` to send (:data:`VERSION_2` where ``reply_to`` is given).
     """
     if not inputs:
         raise MissingInputError("a record needs at least one input, got none")
     fields: dict[bytes, Any] = {
         F_URI: uri if isinstance(uri, bytes) else str(uri).encode("utf-8"),
-        F_VERSION: VERSION,
+        F_VERSION: version,
     }
     if reply_to is not None:
         fields[F_VERSION] = VERSION_2
