@@ -28,6 +28,7 @@ from .errors import (
     QueueFullError,
     ResultTimeoutError,
     ServerError,
+    UriInUseError,
     ZooServingError,
 )
 from .runners.spark import serve_on as serve_on_spark
@@ -51,6 +52,7 @@ __all__ = [
     "Server",
     "ServerError",
     "TensorSpec",
+    "UriInUseError",
     "Worker",
     "ZooServingError",
     "__version__",

@@ -21,7 +21,8 @@ gets back the same class the server raised::
     ├── DeadlineExceededError       the client's deadline passed before the model ran
     ├── QueueError                  talking to the broker
     │   ├── BrokerConnectionError   the broker does not answer
-    │   └── QueueFullError          the input stream is at its configured bound
+    │   ├── QueueFullError          the input stream is at its bound, or Redis at maxmemory
+    │   └── UriInUseError           a uri whose record is queued or whose result waits
     ├── ResultTimeoutError          no result arrived within the client's timeout
     └── ServerError                 the server is not running, or failed to start
 
@@ -53,6 +54,7 @@ __all__ = [
     "ServerError",
     "ShapeError",
     "UnsupportedModelError",
+    "UriInUseError",
     "ZooServingError",
     "error_from_code",
 ]
@@ -182,9 +184,17 @@ class BrokerConnectionError(QueueError, ConnectionError):
 
 
 class QueueFullError(QueueError):
-    """The input stream holds as many unprocessed records as it is allowed to."""
+    """The input stream holds as many unprocessed records as it is allowed to, or Redis is at
+    its maxmemory."""
 
     code = "queue_full"
+
+
+class UriInUseError(QueueError):
+    """A record was sent with a uri whose earlier record is still queued or whose result waits
+    to be fetched: the two would share one result key."""
+
+    code = "uri_in_use"
 
 
 class ResultTimeoutError(ZooServingError, TimeoutError):

@@ -12,12 +12,29 @@ ZOO_RESULT_PREFIX = "cluster-serving_"  # result hashes of Analytics Zoo v0.9-v0
 SEED_RESULT_PREFIX = "result:"  # result hashes of seed-era clients
 AS_LIST = "list"  # a result key holding a one-element list (native results)
 AS_HASH = "hash"  # a result key holding a hash with the field ``value`` (zoo, seed era)
+AS_PRIVATE = "private"  # a one-element list only its sender knows (native ``reply_to``)
 
 
 def result(stream: str, uri: str | bytes) -> bytes:
     """List holding the one result of ``uri`` (native protocol); expires after result_ttl_s."""
     uri_b = uri if isinstance(uri, bytes) else uri.encode("utf-8")
     return f"{PREFIX}:{{{stream}}}:result:".encode() + uri_b
+
+
+def reply(stream: str, token: str | bytes) -> bytes:
+    """List holding the one result of a record sent with ``reply_to`` (native protocol 2:
+    ``predict()``, the HTTP door): only its sender knows the token, and it is not listed in
+    :func:`finished`, so ``dequeue`` cannot take it; expires after result_ttl_s."""
+    token_b = token if isinstance(token, bytes) else token.encode("utf-8")
+    return f"{PREFIX}:{{{stream}}}:reply:".encode() + token_b
+
+
+def uri_claim(stream: str, uri: str | bytes) -> bytes:
+    """String: the id of the entry that claims ``uri`` while it is queued or in flight
+    (``InputQueue.enqueue``), so a second record cannot take its result key; the complete step
+    deletes it when it writes that result (the result key then holds the uri until fetched)."""
+    uri_b = uri if isinstance(uri, bytes) else uri.encode("utf-8")
+    return f"{PREFIX}:{{{stream}}}:claim:".encode() + uri_b
 
 
 def zoo_result(stream: str, uri: str | bytes) -> bytes:
@@ -42,7 +59,8 @@ def model(stream: str) -> str:
 
 
 def finished(stream: str) -> str:
-    """List of uris whose results were written, in order: what ``OutputQueue.dequeue`` drains."""
+    """List of uris whose results were written to :func:`result` keys, in order: what
+    ``OutputQueue.dequeue`` drains (results sent to :func:`reply` keys are not in it)."""
     return f"{PREFIX}:{{{stream}}}:finished"
 
 
@@ -77,3 +95,9 @@ def max_len(stream: str) -> str:
     """String: the bound on unprocessed records the server set (data.max_queue_len); clients
     check it atomically when they add records."""
     return f"{PREFIX}:{{{stream}}}:max_len"
+
+
+def producer(stream: str, producer_id: str) -> str:
+    """String: the last record number a producer (one InputQueue in one thread) added to the
+    stream, so a resent add cannot add a record twice; expires 10 minutes after its last add."""
+    return f"{PREFIX}:{{{stream}}}:producer:{producer_id}"

@@ -327,6 +327,15 @@ def test_tensor_round_trip_property(arr: np.ndarray, name: str) -> None:
 
 
 def test_unknown_protocol_version_is_a_decode_error() -> None:
-    fields = {b"uri": b"u", b"zs": b"2", b"image:t": b"\xff\xd8"}
-    with pytest.raises(DecodeError, match="protocol version b'2' is not supported"):
+    fields = {b"uri": b"u", b"zs": b"3", b"image:t": b"\xff\xd8"}
+    with pytest.raises(DecodeError, match="protocol version b'3' is not supported"):
         decode_request(fields)
+
+
+def test_version_2_reads_as_version_1_and_names_an_empty_reply_to() -> None:
+    fields = encode_request("u", {"t": np.arange(3, dtype=np.int16)}, reply_to=b"tok")
+    assert fields[b"zs"] == b"2"
+    (raw,) = decode_request(fields).inputs
+    assert (raw.name, raw.dtype, raw.shape) == ("t", "<i2", (3,))
+    with pytest.raises(DecodeError, match="reply_to is empty"):
+        decode_request({**fields, b"reply_to": b""})

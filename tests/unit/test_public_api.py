@@ -25,6 +25,7 @@ EXPECTED_ALL = {
     "Server",
     "ServerError",
     "TensorSpec",
+    "UriInUseError",
     "Worker",
     "ZooServingError",
     "__version__",

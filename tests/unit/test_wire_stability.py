@@ -10,7 +10,7 @@ import json
 import numpy as np
 
 from zoo_serving import keys, wire
-from zoo_serving.broker import streams
+from zoo_serving.broker import producer, streams
 from zoo_serving.config import load_config
 from zoo_serving.errors import ShapeError
 from zoo_serving.observe.stats import WorkerStats
@@ -23,8 +23,8 @@ def sha1(text: str) -> str:
 
 
 def test_lua_scripts_are_the_ones_redis_knows() -> None:
-    assert sha1(streams._COMPLETE_LUA) == "483018a47a80cf831abcd0af85c092fc8d807557"
-    assert sha1(streams._ENQUEUE_LUA) == "b9ea825ab08ff4ed87373d6eaac0674f9819d9e8"
+    assert sha1(streams._COMPLETE_LUA) == "9153f31704acdaf94e152f328aa49a81f3e4008f"
+    assert sha1(producer._ENQUEUE_LUA) == "e283b501bd76f4ad1c10ef684aa4307303f85dbd"
 
 
 def test_key_names() -> None:
@@ -38,14 +38,35 @@ def test_key_names() -> None:
     assert keys.control("s") == "zs:{s}:control"
     assert keys.dead_letter("s") == "zs:{s}:dead"
     assert keys.max_len("s") == "zs:{s}:max_len"
+    assert keys.producer("s", "p") == "zs:{s}:producer:p"
+    assert keys.reply("s", "t") == b"zs:{s}:reply:t"
+    assert keys.uri_claim("s", "u") == b"zs:{s}:claim:u"
 
 
 def test_result_places_per_protocol() -> None:
-    assert wire.result_place(wire.NATIVE, "s", b"u") == wire.ResultPlace(b"zs:{s}:result:u", "list")
+    assert wire.result_place(wire.NATIVE, "s", b"u") == wire.ResultPlace(
+        b"zs:{s}:result:u", "list", b"zs:{s}:claim:u"
+    )
     assert wire.result_place(wire.ZOO, "s", b"u") == wire.ResultPlace(
         b"cluster-serving_s:u", "hash"
     )
     assert wire.result_place(wire.SEED, "s", b"u") == wire.ResultPlace(b"result:u", "hash")
+    v2 = {b"uri": b"u", b"zs": b"2", b"reply_to": b"t"}
+    assert wire.result_place(wire.NATIVE, "s", b"u", v2) == wire.ResultPlace(
+        b"zs:{s}:reply:t", "private"
+    )
+    v1 = {**v2, b"zs": b"1"}  # in version 1, reply_to is the client's own field: ignored
+    assert wire.result_place(wire.NATIVE, "s", b"u", v1) == wire.ResultPlace(
+        b"zs:{s}:result:u", "list", b"zs:{s}:claim:u"
+    )
+
+
+def test_request_fields_of_version_2() -> None:
+    fields = wire.native.encode_request("u", {"t": b"img"}, reply_to=b"tok")
+    assert fields == {b"uri": b"u", b"zs": b"2", b"reply_to": b"tok", b"image:t": b"img"}
+    assert wire.native.encode_request("u", {"t": b"img"})[b"zs"] == b"1"
+    v2 = wire.native.encode_request("u", {"t": b"img"}, version=wire.native.VERSION_2)
+    assert v2 == {b"uri": b"u", b"zs": b"2", b"image:t": b"img"}
 
 
 def test_heartbeat_fields_in_order() -> None:

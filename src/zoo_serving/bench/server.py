@@ -25,9 +25,9 @@ def resolve_target(target: Any) -> tuple[DataConfig, str | None]:
         return DataConfig(), target
     if isinstance(target, Config):
         return target.data, None
-    from ..client import _data_config
+    from ..client.common import data_config
 
-    return _data_config(target), None
+    return data_config(target), None
 
 
 def connect_checked(data: DataConfig, url: str | None, stream: str) -> Any:

@@ -1,5 +1,5 @@
-"""The Redis Streams implementation of :class:`~zoo_serving.broker.queue.Queue`, the producer
-side that adds records under the server's bound, and the stream's counts.
+"""The Redis Streams implementation of :class:`~zoo_serving.broker.queue.Queue`, and the
+stream's counts (the producer side is :mod:`.producer`).
 
 Workers of one stream share a consumer group; ``read`` is XREADGROUP (own pending entries
 first, then new ones, then entries idle too long on a silent consumer via XAUTOCLAIM);
@@ -22,24 +22,31 @@ from .queue import Completion, Entry, Queue, consumer_name
 # the logger name error.log lines carry, as docs/observability.md shows them
 log = logging.getLogger("zoo_serving.queue")
 
-# KEYS: stream, finished list, then one result key per entry
+# KEYS: stream, finished list, then per entry: its result key, its uri's claim key (for 'l';
+# the result key again for the others)
 # ARGV: group, ttl_ms, finished_max, then (id, value, uri, how) per entry; how is 'l' (native:
-# a one-element list, uri added to the finished list) or 'h' (Analytics Zoo and seed-era
-# clients: a hash with the field 'value')
+# a one-element list, uri added to the finished list, the uri's claim dropped if this entry
+# holds it), 'p' (native with reply_to: a one-element list, private to its sender) or 'h'
+# (Analytics Zoo and seed-era clients: a hash with the field 'value')
 _COMPLETE_LUA = """
 local written = 0
-local n = #KEYS - 2
+local n = (#KEYS - 2) / 2
 for i = 1, n do
   local base = 3 + (i - 1) * 4
   local id = ARGV[base + 1]
   if redis.call('XACK', KEYS[1], ARGV[1], id) == 1 then
-    local key = KEYS[2 + i]
+    local key = KEYS[1 + 2 * i]
     redis.call('DEL', key)
     if ARGV[base + 4] == 'h' then
       redis.call('HSET', key, 'value', ARGV[base + 2])
     else
       redis.call('RPUSH', key, ARGV[base + 2])
-      redis.call('RPUSH', KEYS[2], ARGV[base + 3])
+      if ARGV[base + 4] == 'l' then
+        redis.call('RPUSH', KEYS[2], ARGV[base + 3])
+        if redis.call('GET', KEYS[2 + 2 * i]) == id then
+          redis.call('DEL', KEYS[2 + 2 * i])
+        end
+      end
     end
     redis.call('PEXPIRE', key, ARGV[2])
     written = written + 1
@@ -54,6 +61,7 @@ return written
 """
 
 FINISHED_MAX = 100_000  # uris remembered for OutputQueue.dequeue
+_HOW = {keys.AS_LIST: "l", keys.AS_PRIVATE: "p", keys.AS_HASH: "h"}  # Completion.how -> Lua
 
 
 class RedisStreamQueue(Queue):
@@ -180,8 +188,8 @@ class RedisStreamQueue(Queue):
         keys_: list[Any] = [self.stream, self._finished_key]
         args: list[Any] = [self.group, self.result_ttl_ms, FINISHED_MAX]
         for c in done:
-            keys_.append(c.key)
-            args.extend((c.entry.id, c.value, c.uri, "l" if c.how == keys.AS_LIST else "h"))
+            keys_.extend((c.key, c.claim or c.key))
+            args.extend((c.entry.id, c.value, c.uri, _HOW[c.how]))
         return int(self._complete(keys=keys_, args=args))
 
     def pending(self) -> int:
@@ -191,77 +199,6 @@ class RedisStreamQueue(Queue):
 
     def close(self) -> None:
         self.client.close()
-
-
-# ------------------------------------------------------------------ producers
-
-# KEYS: stream, max_len key. ARGV: record count, then per record: field count, fields...
-# Adds records in order while the stream is under the server's bound (checked and added in one
-# atomic step); returns {added, stream length, bound}.
-_ENQUEUE_LUA = """
-local max = tonumber(redis.call('GET', KEYS[2]) or '0')
-local n = tonumber(ARGV[1])
-local len = redis.call('XLEN', KEYS[1])
-if max > 0 and len + n > max then
-  n = math.max(0, max - len)
-end
-local i = 2
-for r = 1, n do
-  local nf = tonumber(ARGV[i])
-  redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + 2 * nf))
-  i = i + 1 + 2 * nf
-end
-return {n, len + n, max}
-"""
-
-BOUND_CHECK_S = 1.0  # how long a producer trusts what it last saw of the server's bound
-
-
-class StreamProducer:
-    """Adds records (their stream fields) to one stream, under the bound the server publishes
-    (``data.max_queue_len``, :func:`keys.max_len`).
-
-    Args:
-        client: a redis-py client.
-        stream: the input stream.
-    """
-
-    def __init__(self, client: Any, stream: str) -> None:
-        self.client = client
-        self.stream = stream
-        self._add = client.register_script(_ENQUEUE_LUA)
-        self._max_len_key = keys.max_len(stream)
-        self._has_bound = False
-        self._bound_checked_at = -BOUND_CHECK_S
-
-    def bounded(self) -> bool:
-        """Whether the server published a bound; asked again at most every second, so a bound
-        set while this producer runs applies within a second."""
-        now = time.monotonic()
-        if now >= self._bound_checked_at + BOUND_CHECK_S:
-            self._has_bound = bool(self.client.exists(self._max_len_key))
-            self._bound_checked_at = now
-        return self._has_bound
-
-    def add_all(self, records: Sequence[dict[bytes, Any]]) -> None:
-        """Add every record with plain pipelined XADDs: where no bound is published (the Lua
-        path copies every payload into the script and out again, which costs Redis three
-        times the CPU)."""
-        pipe = self.client.pipeline(transaction=False)
-        for fields in records:
-            pipe.xadd(self.stream, fields)
-        pipe.execute()
-
-    def add_under_bound(self, records: Sequence[dict[bytes, Any]]) -> tuple[int, int, int]:
-        """Add records in order while the stream is under the bound, in one atomic step;
-        returns (records added, stream length after, the bound)."""
-        args: list[Any] = [len(records)]
-        for fields in records:
-            args.append(len(fields))
-            for key, value in fields.items():
-                args.extend((key, value))
-        added, length, bound = self._add(keys=[self.stream, self._max_len_key], args=args)
-        return int(added), int(length), int(bound)
 
 
 def stream_stats(client: Any, stream: str, group: str) -> dict[str, int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -72,20 +71,18 @@ class DoorQueue:
     results out."""
 
     def __init__(self, config: Config) -> None:
-        from ..client import InputQueue, OutputQueue
+        from ..client import InputQueue
 
         self.config = config
         self.stream = config.data.stream
         self.timeout_s = config.http.timeout_s
         self.inq = InputQueue(config=config)
-        self.outq = OutputQueue(config=config)
         self.presence = Presence(self.inq.db, self.stream)
         self._ready_until = 0.0
         self._model: tuple[float, dict[str, Any] | None] = (0.0, None)
 
     def close(self) -> None:
         self.inq.close()
-        self.outq.close()
 
     def ready(self) -> bool:
         now = time.monotonic()
@@ -117,33 +114,22 @@ class DoorQueue:
 
     def run(self, records: list[bodies.Record]) -> list[Any]:
         """Send records, wait for every result (``http.timeout_s`` in total); a failed record
-        raises an :class:`HttpError` naming it."""
-        uris = [f"http-{uuid.uuid4().hex}" for _ in records]
-        self.inq.enqueue_many(zip(uris, records), deadline_s=self.timeout_s)
-        if len(uris) == 1:  # one BLPOP, no first look: most requests are one record
-            try:
-                one = self.outq.query(uris[0], timeout=self.timeout_s)
-            except ZooServingError as exc:
-                one = exc
-            results = {} if one is None else {uris[0]: one}
-        else:
-            results = self.outq.query_many(uris, self.timeout_s)
-        missing = len(uris) - len(results)
-        if missing:
+        raises an :class:`HttpError` naming it. Results come back to keys only this call
+        knows, so no ``OutputQueue.dequeue`` elsewhere can take them."""
+        try:
+            results = self.inq.predict_many(records, self.timeout_s, return_exceptions=True)
+        except ResultTimeoutError as exc:
             raise HttpError(
                 504,
-                f"{missing} of {len(uris)} results missing after http.timeout_s="
-                f"{self.timeout_s}s; the workers may be overloaded",
+                f"{exc.details.get('missing', len(records))} of {len(records)} results missing "
+                f"after http.timeout_s={self.timeout_s}s; the workers may be overloaded",
                 ResultTimeoutError.code,
-            )
-        out = []
-        for i, uri in enumerate(uris):
-            result = results[uri]
+            ) from None
+        for i, result in enumerate(results):
             if isinstance(result, ZooServingError):
-                where = f"record {i}: " if len(uris) > 1 else ""
+                where = f"record {i}: " if len(records) > 1 else ""
                 raise HttpError(_status(result), where + result.message, result.code)
-            out.append(result)
-        return out
+        return results
 
 
 def _reply(content: Any, status: int = 200) -> Any:

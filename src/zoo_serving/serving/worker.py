@@ -348,8 +348,10 @@ class Worker:
         stream = self.config.data.stream
         done = []
         for i in items:
-            place = wire.result_place(i.reply, stream, i.uri)
-            done.append(Completion(i.entry, i.uri, i.result or b"", place.key, place.how))
+            place = wire.result_place(i.reply, stream, i.uri, i.entry.fields)
+            done.append(
+                Completion(i.entry, i.uri, i.result or b"", place.key, place.how, place.claim)
+            )
         queue = self.queue
         # keep the results until Redis takes them
         _until_done(lambda: queue.complete(done), f"writing {len(done)} results")

@@ -28,6 +28,7 @@ __all__ = [
     "HASH",
     "LIST",
     "NATIVE",
+    "PRIVATE",
     "SEED",
     "ZOO",
     "ResultPlace",
@@ -45,17 +46,20 @@ SEED = "seed"
 
 LIST = "list"  # a result written as a one-element list (and its uri to the finished list)
 HASH = "hash"  # a result written as the field ``value`` of a hash
+PRIVATE = "private"  # a result written as a one-element list its sender alone waits on
 
 Pairs = list[tuple[int, float]]  # one record's top-N answer, best first
 
 
 @dataclass(frozen=True)
 class ResultPlace:
-    """Where a record's result goes: the key, and how it is written there (:data:`LIST` or
-    :data:`HASH`)."""
+    """Where a record's result goes: the key, how it is written there (:data:`LIST`,
+    :data:`PRIVATE` or :data:`HASH`), and for :data:`LIST` the uri's claim key, which the
+    write drops when this record holds it."""
 
     key: bytes
     how: str
+    claim: bytes | None = None
 
 
 def reply_kind(fields: Mapping[bytes, bytes]) -> str:
@@ -126,15 +130,23 @@ def encode_failure(kind: str, exc: BaseException) -> bytes:
     return native.encode_exception(exc) if kind == NATIVE else FAILED
 
 
-def result_place(kind: str, stream: str, uri: bytes) -> ResultPlace:
-    """Where and how the result of a record of protocol ``kind`` is written."""
+def result_place(
+    kind: str, stream: str, uri: bytes, fields: Mapping[bytes, bytes] | None = None
+) -> ResultPlace:
+    """Where and how the result of a record of protocol ``kind`` is written; ``fields`` (the
+    stream entry's) send a native version-2 record with ``reply_to`` to its private key."""
     if kind == ZOO:
         return ResultPlace(keys.zoo_result(stream, uri), HASH)
     if kind == SEED:
         return ResultPlace(keys.seed_result(uri), HASH)
-    return ResultPlace(keys.result(stream, uri), LIST)
+    token = None if fields is None else native.reply_token(fields)
+    if token is not None:
+        return ResultPlace(keys.reply(stream, token), PRIVATE)
+    return ResultPlace(keys.result(stream, uri), LIST, keys.uri_claim(stream, uri))
 
 
-def result_key(kind: str, stream: str, uri: bytes) -> bytes:
+def result_key(
+    kind: str, stream: str, uri: bytes, fields: Mapping[bytes, bytes] | None = None
+) -> bytes:
     """The key the result of a record of protocol ``kind`` goes to."""
-    return result_place(kind, stream, uri).key
+    return result_place(kind, stream, uri, fields).key

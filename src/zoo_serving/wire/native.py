@@ -1,14 +1,19 @@
-"""The native wire format, version 1 (see ``docs/protocol.md``).
+"""The native wire format, versions 1 and 2 (see ``docs/protocol.md``).
 
 A request is one stream entry, every field raw bytes::
 
     uri            the client's id for the record (any bytes)
-    zs             protocol version, b"1"
+    zs             protocol version, b"1" or b"2"
     tensor:<name>  C-order tensor bytes, with
     dtype:<name>   its numpy dtype string (b"<f4")
     shape:<name>   its comma-separated dims (b"3,224,224")
     image:<name>   an encoded image (JPEG, PNG, BMP, ...)
     deadline_ms    optional: Unix time in ms after which the record is not worth serving
+    reply_to       version 2, optional: a token; the result goes to the sender's private key
+                   (``keys.reply``) instead of the uri's
+
+Version 2 is version 1 plus ``reply_to``, and a server that drops a uri's claim
+(``keys.uri_claim``) when it writes the uri's result.
 
 A result is one bytes value: a JSON header, then (for tensors) ``\\n`` and the C-order bytes of
 every output, one after the other::
@@ -31,9 +36,12 @@ import numpy as np
 from ..errors import DecodeError, MissingInputError, ZooServingError, error_from_code
 
 VERSION = b"1"
+VERSION_2 = b"2"  # version 1 and the reply fields (``reply_to``); reads version 1 unchanged
+VERSIONS = (VERSION, VERSION_2)
 F_URI = b"uri"
 F_VERSION = b"zs"
 F_DEADLINE = b"deadline_ms"
+F_REPLY_TO = b"reply_to"
 P_TENSOR = b"tensor:"
 P_DTYPE = b"dtype:"
 P_SHAPE = b"shape:"
@@ -72,19 +80,26 @@ def encode_request(
     deadline_ms: int | None = None,
     *,
     views: bool = False,
+    reply_to: bytes | None = None,
+    version: bytes = VERSION,
 ) -> dict[bytes, Any]:
     """Stream fields for one record: an ndarray is a tensor, bytes are an encoded image.
 
     With ``views``, a large C-contiguous tensor goes as a memoryview of the array's own
     buffer instead of a copy: for senders that write the fields out before the caller can
     change the array (see :func:`zoo_serving.broker.connection.connect`'s ``zero_copy``).
+    With ``reply_to`` (a token, version 2), the result goes to ``keys.reply(stream, token)``.
+    ``version``: the ``zs`` to send (:data:`VERSION_2` where ``reply_to`` is given).
     """
     if not inputs:
         raise MissingInputError("a record needs at least one input, got none")
     fields: dict[bytes, Any] = {
         F_URI: uri if isinstance(uri, bytes) else str(uri).encode("utf-8"),
-        F_VERSION: VERSION,
+        F_VERSION: version,
     }
+    if reply_to is not None:
+        fields[F_VERSION] = VERSION_2
+        fields[F_REPLY_TO] = reply_to
     for name, value in inputs.items():
         key = name.encode("utf-8")
         if isinstance(value, np.ndarray):
@@ -141,11 +156,13 @@ def decode_request(fields: Mapping[bytes, bytes]) -> Request:
     if uri is None:
         raise MissingInputError("record has no 'uri' field; every record needs one")
     version = fields.get(F_VERSION, VERSION)
-    if version != VERSION:
+    if version not in VERSIONS:
         raise DecodeError(
             f"protocol version {version[:16]!r} is not supported; this server speaks "
-            f"zs={VERSION.decode()} (see docs/protocol.md)"
+            "zs=1 and zs=2 (see docs/protocol.md)"
         )
+    if version == VERSION_2 and fields.get(F_REPLY_TO) == b"":
+        raise DecodeError("reply_to is empty; send a token, or leave the field out")
     req = Request(uri=uri)
     deadline = fields.get(F_DEADLINE)
     if deadline is not None:
@@ -185,6 +202,14 @@ def decode_request(fields: Mapping[bytes, bytes]) -> Request:
             f"got fields {sorted(k.decode('utf-8', 'replace') for k in fields)}"
         )
     return req
+
+
+def reply_token(fields: Mapping[bytes, bytes]) -> bytes | None:
+    """The ``reply_to`` token of a version-2 record; None for version 1 (where a field of
+    that name is the client's own and ignored) or when there is none."""
+    if fields.get(F_VERSION) != VERSION_2:
+        return None
+    return fields.get(F_REPLY_TO) or None
 
 
 def _field_name(key: bytes, prefix: bytes) -> str:

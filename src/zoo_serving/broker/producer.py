@@ -1,0 +1,174 @@
+"""The producer side of a stream: records go in under the server's bound, each exactly once.
+
+Every add is one Lua call that checks and adds atomically. Its arguments carry, per record, a
+sequence number of the producer that sends it (an :class:`InputQueue` in one thread of one
+process), and Redis keeps the producer's last added number. redis-py sends a command again
+when its connection drops, and it cannot know whether Redis ran it before the drop: a record
+whose number is not above the producer's last is one such resend and is not added again.
+This is the idempotent producer of Kafka: one small key per producer, not one per record.
+
+The numbers of one producer must reach Redis in order, so a producer belongs to a thread
+(two threads of one InputQueue each have their own) and to a process (a forked child gets a
+new one).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import keys
+
+# KEYS: stream, max_len key, producer key, then per record: its uri's claim key and its uri's
+#   result key
+# ARGV: producer_ttl_ms, claim_ttl_ms, record count, then per record: seq, '1' if its result
+#   goes under its uri (else '0': a private reply), field count, fields...
+# Goes through the records in order: one numbered at or below the producer's last was added
+# by an earlier run of this very call (a resend) and counts as in; any other is added while
+# the stream is under the bound. A record answered under its uri also claims the uri (the
+# claim holds its entry id; the complete step drops it when it writes the result), and cannot
+# go in while the uri is claimed or has a result waiting. Stops at the first record that
+# cannot go in: the stream is full ('full'), the uri is in use ('taken'), or Redis refuses
+# the XADD (out of memory: maxmemory reached). Returns {records in, why it stopped ('' when
+# all are in), stream length, bound}.
+_ENQUEUE_LUA = """
+local max = tonumber(redis.call('GET', KEYS[2]) or '0')
+local last = tonumber(redis.call('GET', KEYS[3]) or '0')
+local len = redis.call('XLEN', KEYS[1])
+local newest = last
+local done, why = 0, ''
+local i = 4
+for r = 1, tonumber(ARGV[3]) do
+  local seq, public, nf = tonumber(ARGV[i]), ARGV[i + 1], tonumber(ARGV[i + 2])
+  if seq > last then
+    if max > 0 and len >= max then
+      why = 'full'
+      break
+    end
+    local claim, result = KEYS[2 + 2 * r], KEYS[3 + 2 * r]
+    if public == '1' and redis.call('EXISTS', claim, result) > 0 then
+      why = 'taken'
+      break
+    end
+    local id = redis.pcall('XADD', KEYS[1], '*', unpack(ARGV, i + 3, i + 2 + 2 * nf))
+    if type(id) == 'table' and id.err then
+      why = id.err
+      break
+    end
+    if public == '1' then
+      redis.call('SET', claim, id, 'PX', ARGV[2])
+    end
+    len = len + 1
+    newest = seq
+  end
+  done = r
+  i = i + 3 + 2 * nf
+end
+if newest > last then
+  redis.call('SET', KEYS[3], newest, 'PX', ARGV[1])
+end
+return {done, why, len, max}
+"""
+
+# how long Redis remembers a producer's last number after its last add: far longer than
+# redis-py goes on resending a command (about 10 tries, a second apart at most)
+PRODUCER_TTL_MS = 600_000
+# how long a uri stays claimed by a record nobody answers (the complete step drops the claim
+# when it writes the result; this only bounds a claim whose record was deleted unanswered)
+CLAIM_TTL_MS = 86_400_000
+FULL = "full"  # why an add stopped: the stream is at the server's bound
+TAKEN = "taken"  # why an add stopped: the record's uri is in use (queued, or a result waits)
+
+
+@dataclass
+class Outgoing:
+    """A record on its way in: its stream fields, its uri, whether its result goes under
+    that uri (it then claims the uri while it is in use; else its result is a private reply),
+    and its number (given by :meth:`StreamProducer.number`, just before it is first sent)."""
+
+    fields: dict[bytes, Any]
+    uri: str
+    public: bool = True
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class Added:
+    """What one add did: how many records, from the first, are in the stream; why it stopped
+    short ('' if it did not, :data:`FULL`, :data:`TAKEN`, or Redis's error, such as ``OOM
+    command not allowed ...``); the stream's length after it, and the bound (0: none)."""
+
+    count: int
+    why: str
+    length: int
+    bound: int
+
+    @property
+    def out_of_memory(self) -> bool:
+        """Redis refused the record: maxmemory is reached."""
+        return self.why.startswith("OOM")
+
+
+class _Numbering(threading.local):
+    """This thread's producer id and its last number."""
+
+    def __init__(self) -> None:
+        self.pid = -1
+        self.id = ""
+        self.seq = 0
+
+
+class StreamProducer:
+    """Adds records to one stream, each at most once, under the bound the server publishes
+    (``data.max_queue_len``, :func:`keys.max_len`).
+
+    Args:
+        client: a redis-py client.
+        stream: the input stream.
+    """
+
+    def __init__(self, client: Any, stream: str) -> None:
+        self.client = client
+        self.stream = stream
+        self._add = client.register_script(_ENQUEUE_LUA)
+        self._max_len_key = keys.max_len(stream)
+        self._numbering = _Numbering()
+
+    def number(self, records: Sequence[Outgoing]) -> str:
+        """Give records their numbers, in order, unless they have one; returns the producer
+        id. Call it right before the first send: numbers must reach Redis in the order they
+        were given."""
+        own = self._numbering
+        if own.pid != os.getpid():  # a new thread, or a forked child: a producer of its own
+            own.pid, own.id, own.seq = os.getpid(), uuid.uuid4().hex, 0
+        for record in records:
+            if not record.seq:
+                own.seq += 1
+                record.seq = own.seq
+        return own.id
+
+    def add(self, records: Sequence[Outgoing]) -> Added:
+        """Add numbered records in order, while the stream is under the bound, in one atomic
+        step that a resend cannot repeat."""
+        producer = self.number(records)
+        args: list[Any] = [PRODUCER_TTL_MS, CLAIM_TTL_MS, len(records)]
+        stream_keys: list[Any] = [
+            self.stream,
+            self._max_len_key,
+            keys.producer(self.stream, producer),
+        ]
+        for record in records:
+            stream_keys.extend(
+                (keys.uri_claim(self.stream, record.uri), keys.result(self.stream, record.uri))
+            )
+            args.extend((record.seq, "1" if record.public else "0", len(record.fields)))
+            for key, value in record.fields.items():
+                args.extend((key, value))
+        done, why, length, bound = self._add(keys=stream_keys, args=args)
+        if isinstance(why, bytes):
+            why = why.decode("utf-8", "replace")
+        return Added(int(done), why, int(length), int(bound))
