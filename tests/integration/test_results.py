@@ -78,9 +78,8 @@ def test_dequeue_takes_none_of_what_predict_waits_for(
 
 @pytest.fixture
 def http_door(serve: Any, onnx_model_dir: Any) -> Iterator[Any]:
-    httpx = pytest.importorskip("httpx")
-    pytest.importorskip("fastapi")
-    pytest.importorskip("uvicorn")
+    import httpx
+
     config = {"http.port": free_port(), "http.model_name": "cnn", "params.top_n": 0}
     server = serve(onnx_model_dir, **config)
     with httpx.Client(base_url=server.http.url, timeout=30) as door:
