@@ -1,4 +1,4 @@
-"""The wire, pinned byte for byte: Redis key names, the two Lua scripts (Redis runs them by
+"""The wire, pinned byte for byte: Redis key names, the Lua scripts (Redis runs them by
 SHA1), the heartbeat's fields and the result encodings. A change here is a protocol change:
 make it on purpose, bump the version in docs/protocol.md, and update these values."""
 
@@ -25,6 +25,7 @@ def sha1(text: str) -> str:
 def test_lua_scripts_are_the_ones_redis_knows() -> None:
     assert sha1(streams._COMPLETE_LUA) == "483018a47a80cf831abcd0af85c092fc8d807557"
     assert sha1(streams._ENQUEUE_LUA) == "b9ea825ab08ff4ed87373d6eaac0674f9819d9e8"
+    assert sha1(streams._REFRESH_LUA) == "2958b5deb8bd1f4e6bdb2bf97a52865a12f6a6b2"
 
 
 def test_key_names() -> None:
@@ -56,6 +57,7 @@ def test_heartbeat_fields_in_order() -> None:
         "pid",
         "runner",
         "ready",
+        "stuck_s",
         "succeeded",
         "failed",
         "served_1m",
