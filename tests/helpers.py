@@ -110,7 +110,8 @@ def _sentinel_class() -> type:
                 acc = acc * 0.5 + 1.0
             if bool((first == -777.0).any()):
                 ones = torch.ones_like(first, dtype=torch.long)
-                big = torch.where(first == -777.0, ones * (-(2**63)), ones)
+                int64_min = torch.full_like(first, -(2.0**63), dtype=torch.long)
+                big = torch.where(first == -777.0, int64_min, ones)
                 acc = acc + torch.div(big, -ones, rounding_mode="trunc").sum().to(acc.dtype)
             return torch.softmax(self.fc(x.mean(dim=(2, 3))), dim=1) + 0.0 * acc
 

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
+from zoo_serving import keys
 from zoo_serving.broker.connection import connect
-from zoo_serving.broker.queue import Entry
+from zoo_serving.broker.queue import Completion, Entry
 from zoo_serving.broker.streams import RedisStreamQueue
 
 
@@ -70,7 +71,7 @@ def test_a_consumer_never_takes_over_what_it_holds(queues, redis_client, stream)
     ids = add(redis_client, stream, 2)
     assert len(a.read(10, block_ms=10)) == 2
     time.sleep(0.25)  # idle past claim_idle_ms, never refreshed
-    assert a.read(10, block_ms=10) == []  # XAUTOCLAIM found them: still a's, in its pipeline
+    assert a.read(10, block_ms=10) == []  # idle, but still in its pipeline: not taken over
     a.release([a_entry(ids[0])])
     time.sleep(0.25)
     (again,) = a.read(10, block_ms=10)  # a released entry comes back as a redelivery
@@ -105,3 +106,21 @@ def test_rereading_own_pending_after_a_lost_reply_skips_held_entries(
 
 def a_entry(entry_id: bytes) -> Entry:
     return Entry(entry_id, {})
+
+
+def test_idle_entries_are_taken_over_one_at_a_time(queues, redis_client, stream) -> None:
+    a = queues("a", claim_idle_ms=100)
+    ids = add(redis_client, stream, 3)
+    redis_client.xreadgroup("serving", "ghost", {stream: ">"}, count=3)  # read, then died
+    time.sleep(0.25)
+    (first,) = a.read(10, block_ms=10)
+    assert first.id == ids[0] and first.deliveries == 2
+    # while it holds a record taken over, it takes over no other: that record may be the one
+    # that kills workers, and whatever it kills with it is redelivered once more
+    assert a.read(10, block_ms=10) == []
+    fresh = add(redis_client, stream, 1)
+    assert [e.id for e in a.read(10, block_ms=10)] == fresh  # new records still flow
+    done = Completion(first, b"r0", b"answer", keys.result(stream, "r0"))
+    assert a.complete([done]) == 1
+    assert [e.id for e in a.read(10, block_ms=10)] == [ids[1]]
+    assert pending_of(redis_client, stream)[ids[2]][0] == b"ghost"

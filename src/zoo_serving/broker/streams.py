@@ -2,7 +2,7 @@
 side that adds records under the server's bound, and the stream's counts.
 
 Workers of one stream share a consumer group; ``read`` is XREADGROUP (own pending entries
-first, then new ones, then entries idle too long on a silent consumer via XAUTOCLAIM);
+first, then new ones, then entries idle too long on a silent consumer, taken over);
 ``complete`` is one Lua call per batch that, for each entry, acknowledges it and only if that
 acknowledgement is the first writes its result (with a TTL) and deletes the entry from the
 stream. The acknowledgement and the result write are one atomic step, so a record is never
@@ -10,8 +10,14 @@ acknowledged without its result, and a redelivered record never gets a second re
 
 A consumer remembers the entries it holds (read, not yet completed or released). ``refresh``
 resets their idle time (``XCLAIM ... JUSTID``, which counts no delivery), so entries still in
-a live worker's pipeline never look idle to XAUTOCLAIM, however long its batches take; and a
-read never hands out an entry the consumer already holds.
+a live worker's pipeline never look idle to others, however long its batches take; and a read
+never hands out an entry the consumer already holds.
+
+Idle entries (of a worker that died or gave them up) are taken over one at a time
+(``XPENDING ... IDLE`` to find one, ``XCLAIM`` with the same idle time to take it), and not
+while the consumer holds one taken over before: such a record runs alone, and if it kills its
+worker, the only other records that worker held were first deliveries, so no innocent record
+is redelivered again and again alongside a poison one.
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ return lost
 
 FINISHED_MAX = 100_000  # uris remembered for OutputQueue.dequeue
 REFRESH_CHUNK = 1000  # ids per refresh call (Lua's unpack has a stack limit)
+CLAIM_CANDIDATES = 10  # idle entries looked at per take-over (others may take some first)
 
 
 class RedisStreamQueue(Queue):
@@ -113,11 +120,11 @@ class RedisStreamQueue(Queue):
         # where the next read of this consumer's own pending entries starts; None: all read
         self._pending_from: bytes | None = b"0"
         self._next_claim = 0.0
-        self._claim_cursor = b"0-0"
         self._complete = client.register_script(_COMPLETE_LUA)
         self._refresh = client.register_script(_REFRESH_LUA)
         self._finished_key = keys.finished(stream)
         self._held: set[bytes] = set()  # ids read and not yet completed or released
+        self._held_again: set[bytes] = set()  # those of them delivered before
         self._held_lock = threading.Lock()
 
     def setup(self, max_queue_len: int | None = None) -> None:
@@ -144,11 +151,11 @@ class RedisStreamQueue(Queue):
             if entries:
                 return self._hold(entries)
         now = time.monotonic()
-        if now >= self._next_claim:
-            self._next_claim = now + max(self.claim_idle_ms / 2000.0, 0.05)
-            claimed = self._claim(count)
-            if claimed:
+        if now >= self._next_claim and not self._held_again:
+            claimed = self._claim()
+            if claimed:  # more may wait: look again once this one is answered
                 return self._hold(claimed)
+            self._next_claim = now + max(self.claim_idle_ms / 2000.0, 0.05)
         return self._hold(self._xread(">", count, block_ms))
 
     def _read_own_pending(self, count: int) -> list[Entry]:
@@ -176,27 +183,31 @@ class RedisStreamQueue(Queue):
             raise
         return [item for _stream, items in reply or [] for item in items]
 
-    def _claim(self, count: int) -> list[Entry]:
-        reply = self.client.xautoclaim(
-            self.stream,
-            self.group,
-            self.consumer,
-            min_idle_time=self.claim_idle_ms,
-            start_id=self._claim_cursor,
-            count=count,
+    def _claim(self) -> list[Entry]:
+        """Take over one entry idle past ``claim_idle_ms`` (none when there is none)."""
+        idle = self.client.xpending_range(
+            self.stream, self.group, "-", "+", CLAIM_CANDIDATES, idle=self.claim_idle_ms
         )
-        self._claim_cursor = reply[0]
-        with self._held_lock:  # one of ours whose refresh came late is still in the pipeline
-            entries = [Entry(eid, f) for eid, f in reply[1] if f and eid not in self._held]
-        if entries:
-            self._count_deliveries(entries)
-            log.warning(
-                "consumer %s took over %d entries idle > %d ms",
-                self.consumer,
-                len(entries),
-                self.claim_idle_ms,
+        for row in idle:
+            eid = row["message_id"]
+            with self._held_lock:  # one of ours whose refresh came late: still in the pipeline
+                if eid in self._held:
+                    continue
+            # the same idle time again: if another consumer took it meanwhile, nothing happens
+            taken = self.client.xclaim(
+                self.stream, self.group, self.consumer, self.claim_idle_ms, [eid]
             )
-        return entries
+            entries = [Entry(i, f, int(row["times_delivered"]) + 1) for i, f in taken if f]
+            if entries:
+                log.warning(
+                    "consumer %s took over 1 entry idle > %d ms (from %s, delivered %d times)",
+                    self.consumer,
+                    self.claim_idle_ms,
+                    row["consumer"].decode("utf-8", "replace"),
+                    entries[0].deliveries,
+                )
+                return entries
+        return []
 
     def _count_deliveries(self, entries: list[Entry]) -> None:
         if not entries:
@@ -211,11 +222,14 @@ class RedisStreamQueue(Queue):
     def _hold(self, entries: list[Entry]) -> list[Entry]:
         with self._held_lock:
             self._held.update(e.id for e in entries)
+            self._held_again.update(e.id for e in entries if e.deliveries > 1)
         return entries
 
     def _drop(self, ids: Iterable[bytes]) -> None:
+        ids = set(ids)
         with self._held_lock:
-            self._held.difference_update(ids)
+            self._held -= ids
+            self._held_again -= ids
 
     def holds(self, entry: Entry) -> bool:
         with self._held_lock:
