@@ -46,6 +46,10 @@ class Completion:
 class Queue(ABC):
     """What the worker needs from a broker."""
 
+    def check_access(self) -> None:  # noqa: B027 - optional hook
+        """Raise :class:`~zoo_serving.errors.BrokerPermissionError` when the broker will not
+        let this consumer do what a worker needs (checked once, at start)."""
+
     @abstractmethod
     def setup(self, max_queue_len: int | None = None) -> None:
         """Create the stream and consumer group if they do not exist; publish the bound on
@@ -58,6 +62,11 @@ class Queue(ABC):
     @abstractmethod
     def dead_letter(self, entry: Entry, reason: str) -> None:
         """Keep a copy of an entry given up on, with the reason, where an operator can see it."""
+
+    def drop(self, entries: Sequence[Entry]) -> None:
+        """Acknowledge ``entries`` without a result: only for records already copied to the
+        dead-letter stream whose error result the broker refuses to take."""
+        raise NotImplementedError
 
     @abstractmethod
     def complete(self, done: Sequence[Completion]) -> int:

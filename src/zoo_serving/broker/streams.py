@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .. import keys
+from .access import check_access, worker_commands
 from .queue import Completion, Entry, Queue, consumer_name
 
 # the logger name error.log lines carry, as docs/observability.md shows them
@@ -126,6 +127,10 @@ class RedisStreamQueue(Queue):
         self._held: set[bytes] = set()  # ids read and not yet completed or released
         self._held_again: set[bytes] = set()  # those of them delivered before
         self._held_lock = threading.Lock()
+
+    def check_access(self) -> None:
+        scripts = [(self._complete.sha, _COMPLETE_LUA), (self._refresh.sha, _REFRESH_LUA)]
+        check_access(self.client, worker_commands(self.stream, self.group, self.consumer, scripts))
 
     def setup(self, max_queue_len: int | None = None) -> None:
         """Create the group at the stream's start (so earlier records are served) and publish
@@ -258,6 +263,14 @@ class RedisStreamQueue(Queue):
             }
         )
         self.client.xadd(keys.dead_letter(self.stream), fields)
+
+    def drop(self, entries: Sequence[Entry]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for entry in entries:
+            pipe.xack(self.stream, self.group, entry.id)
+            pipe.xdel(self.stream, entry.id)
+        pipe.execute()
+        self._drop(e.id for e in entries)
 
     def complete(self, done: Sequence[Completion]) -> int:
         if not done:

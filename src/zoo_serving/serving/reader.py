@@ -36,6 +36,7 @@ class Item(Record):
     entry it came from and its timings."""
 
     entry: Entry
+    dead_lettered: bool = False  # copied to the dead-letter stream, answered with an error
     decode_s: float = 0.0  # seconds the reader spent decoding it
     answered_at: float = 0.0  # perf_counter() when its result was ready to write
 
@@ -190,6 +191,7 @@ class Reader:
             return None
         if err is not None:  # Redis will not take the copy: answer anyway, or it comes back
             message = f"{message.split('; moved')[0]}; its copy to {dead} failed: {err}"
+        item.dead_lettered = err is None
         self.core.fail(item, ServerError(message))
         return item
 

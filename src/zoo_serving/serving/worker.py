@@ -121,6 +121,7 @@ class Worker:
                 result_ttl_s=cfg.data.result_ttl_s,
                 claim_idle_ms=cfg.params.claim_idle_ms,
             )
+        self.queue.check_access()  # a user without EVALSHA, say, fails here, not per write
         self.queue.setup(cfg.data.max_queue_len)
         if self.model is None:
             self.model = load_served_model(cfg)

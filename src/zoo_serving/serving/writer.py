@@ -99,20 +99,32 @@ class Writer:
 
     def _answer_unwritable(self, item: Item, halt: threading.Event) -> None:
         """A record whose result Redis refuses: answer it with an error, else leave it
-        pending."""
+        pending, or, once it is in the dead-letter stream, acknowledge it without one."""
         queue = self.queue
-        failed = Item(uri=item.uri, entry=item.entry, reply=item.reply)
-        self.core.fail(failed, ServerError("the result could not be written to Redis"))
-        one = [self._completion(failed)]
-        if until_done(lambda: queue.complete(one), "writing an error result", halt) is None:
+        uri = item.uri.decode("utf-8", "replace")
+        if not item.dead_lettered:
+            failed = Item(uri=item.uri, entry=item.entry, reply=item.reply)
+            self.core.fail(failed, ServerError("the result could not be written to Redis"))
+            one = [self._completion(failed)]
+            if until_done(lambda: queue.complete(one), "writing an error result", halt) is None:
+                return
+            queue.release([item.entry])
+            log.error(
+                "record uri=%s: no result could be written; it stays pending and is retried "
+                "after params.claim_idle_ms=%d",
+                uri,
+                self.config.params.claim_idle_ms,
+            )
             return
-        queue.release([item.entry])
-        log.error(
-            "record uri=%s: no result could be written; it stays pending and is retried "
-            "after params.claim_idle_ms=%d",
-            item.uri.decode("utf-8", "replace"),
-            self.config.params.claim_idle_ms,
-        )
+        err = until_done(lambda: queue.drop([item.entry]), "acknowledging a record", halt)
+        if err is None:
+            log.error(
+                "record uri=%s: acknowledged without a result, which Redis refuses; it is in "
+                "the dead-letter stream",
+                uri,
+            )
+        else:
+            queue.release([item.entry])
 
     def _completion(self, item: Item) -> Completion:
         place = wire.result_place(item.reply, self.config.data.stream, item.uri)
