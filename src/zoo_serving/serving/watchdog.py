@@ -113,8 +113,12 @@ class Watchdog:
             if time.monotonic() - running.started <= self.batch_timeout_s:
                 return
             running.timed_out = True
-            self._stuck_on = running
+        # stuck only once the batch is handed over: a worker leaving on ``stuck`` must find
+        # the answer of a record alone already queued for its writer
         self.on_timeout(running)
+        with self._lock:
+            if not running.finished:
+                self._stuck_on = running
 
     def refresh(self) -> None:
         """Reset the idle time of the held entries (see :meth:`Queue.refresh`)."""
