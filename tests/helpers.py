@@ -139,3 +139,82 @@ def assert_top_n(served: list, scores: np.ndarray, n: int) -> None:
     order = np.argsort(-scores, kind="stable")[:n]
     assert [i for i, _ in served] == order.tolist()
     np.testing.assert_allclose([p for _, p in served], scores[order], rtol=0, atol=1e-5)
+
+
+# ------------------------------------------------------------------ models that misbehave
+
+HANG = -555.0  # a record whose first value is this makes the sentinel model loop hang_iters
+CRASH = -777.0  # ... and this makes it kill its process (SIGFPE in an integer division)
+
+
+def build_sentinel_model(path: Path, *, slow_iters: int = 0, hang_iters: int = 0) -> Path:
+    """A TorchScript classifier (softmax of a linear layer over the channel means, 5 classes)
+    that spins ``slow_iters`` loop steps on every batch, ``hang_iters`` more on a batch holding
+    a :data:`HANG` record, and dies of SIGFPE (``torch.div`` of INT64_MIN by -1, which the CPU
+    traps) on a batch holding a :data:`CRASH` record. A real model, run by PyTorch: the
+    misbehaviour is the framework's own."""
+    import torch
+
+    torch.manual_seed(0)
+    module = torch.jit.script(_Sentinel(slow_iters, hang_iters).eval())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(module, str(path))
+    return path
+
+
+def loop_steps_per_s() -> float:
+    """How many sentinel-model loop steps this machine runs per second now (one thread)."""
+    import time
+
+    import torch
+
+    module = torch.jit.script(_Sentinel(0, 20_000).eval())
+    x = np.zeros((1, 3, 4, 4), np.float32)
+    x[0, 0, 0, 0] = HANG
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        module(torch.from_numpy(x))  # compiled on the first call
+        started = time.perf_counter()
+        module(torch.from_numpy(x))
+        return 20_000 / (time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def sentinel_direct(model_dir: Path, batch: np.ndarray) -> np.ndarray:
+    """What PyTorch itself answers for ``batch`` (no sentinel records in it)."""
+    return torch_direct(model_dir, batch)
+
+
+def _sentinel_class() -> type:
+    import torch
+    from torch import nn
+
+    class Sentinel(nn.Module):
+        def __init__(self, slow_iters: int, hang_iters: int) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 5)
+            self.slow_iters = slow_iters
+            self.hang_iters = hang_iters
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            first = x.reshape(x.shape[0], -1)[:, 0]
+            steps = self.slow_iters
+            if bool((first == -555.0).any()):
+                steps = steps + self.hang_iters
+            acc = torch.zeros(1)
+            for _ in range(steps):
+                acc = acc * 0.5 + 1.0
+            if bool((first == -777.0).any()):
+                ones = torch.ones_like(first, dtype=torch.long)
+                int64_min = torch.full_like(first, -(2.0**63), dtype=torch.long)
+                big = torch.where(first == -777.0, int64_min, ones)
+                acc = acc + torch.div(big, -ones, rounding_mode="trunc").sum().to(acc.dtype)
+            return torch.softmax(self.fc(x.mean(dim=(2, 3))), dim=1) + 0.0 * acc
+
+    return Sentinel
+
+
+def _Sentinel(slow_iters: int, hang_iters: int) -> object:  # noqa: N802 - a class, built lazily
+    return _sentinel_class()(slow_iters, hang_iters)

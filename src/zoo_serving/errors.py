@@ -12,6 +12,7 @@ gets back the same class the server raised::
     │   ├── IncompleteModelError    half a model (a .prototxt without its .caffemodel, ...)
     │   ├── UnsupportedModelError   a framework this version cannot run
     │   └── InferenceError          the framework failed while predicting
+    │       └── BatchTimeoutError   the model ran past params.batch_timeout_s on this record
     ├── InputError                  a record the server cannot turn into model input
     │   ├── DecodeError             an image or tensor payload that does not decode
     │   ├── ShapeError              a tensor whose shape does not fit the model
@@ -21,6 +22,7 @@ gets back the same class the server raised::
     ├── DeadlineExceededError       the client's deadline passed before the model ran
     ├── QueueError                  talking to the broker
     │   ├── BrokerConnectionError   the broker does not answer
+    │   │   └── BrokerPermissionError   the Redis user may not run a command the server needs
     │   ├── QueueFullError          the input stream is at its bound, or Redis at maxmemory
     │   └── UriInUseError           a uri whose record is queued or whose result waits
     ├── ResultTimeoutError          no result arrived within the client's timeout
@@ -35,7 +37,9 @@ from typing import Any
 
 __all__ = [
     "AmbiguousModelError",
+    "BatchTimeoutError",
     "BrokerConnectionError",
+    "BrokerPermissionError",
     "ConfigError",
     "DeadlineExceededError",
     "DecodeError",
@@ -129,6 +133,12 @@ class InferenceError(ModelError):
     code = "inference"
 
 
+class BatchTimeoutError(InferenceError):
+    """The model ran longer than ``params.batch_timeout_s`` on this record, alone in its batch."""
+
+    code = "batch_timeout"
+
+
 class InputError(ZooServingError, ValueError):
     """A record cannot be turned into model input."""
 
@@ -181,6 +191,12 @@ class BrokerConnectionError(QueueError, ConnectionError):
     """The broker (Redis) does not answer or refuses the credentials."""
 
     code = "broker_connection"
+
+
+class BrokerPermissionError(BrokerConnectionError):
+    """The Redis user lacks a permission (an ACL command or key) the server needs."""
+
+    code = "broker_permission"
 
 
 class QueueFullError(QueueError):

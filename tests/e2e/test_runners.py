@@ -30,11 +30,11 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import assert_top_n, onnx_direct
+from helpers import HANG, assert_top_n, build_sentinel_model, onnx_direct, sentinel_direct
 from zoo_serving import InputQueue, OutputQueue, Server, keys
 from zoo_serving.broker.embedded import free_port
 from zoo_serving.cli import main as zoo_serve
-from zoo_serving.errors import ModelNotFoundError
+from zoo_serving.errors import BatchTimeoutError, ModelNotFoundError
 from zoo_serving.server import request_stop
 
 pytestmark = pytest.mark.timeout(300)  # Ray starts slowly on a loaded machine
@@ -384,3 +384,40 @@ def test_a_stop_request_ends_the_worker_processes_without_restarts(
         assert request_stop(server.config)  # what `zoo-serve stop` writes for remote workers
         assert server.wait(30)
         assert runner.restarts == 0 and not server.running
+
+
+def test_ray_an_actor_stuck_on_a_hanging_record_is_replaced(
+    tmp_path, redis_url, redis_client, stream, ray_head
+) -> None:
+    # a real TorchScript model that spins for good on a HANG record: only killing stops it
+    model_dir = build_sentinel_model(tmp_path / "hang" / "m.pt", hang_iters=2**62).parent
+    xs = np.random.default_rng(41).normal(0, 50, (4, 3, 32, 32)).astype(np.float32)
+    xs[1, 0, 0, 0] = HANG
+    raw = server_config(
+        model_dir,
+        redis_url,
+        stream,
+        tmp_path / "work",
+        "ray",
+        claim_idle_ms=500,
+        batch_timeout_s=1.0,
+        batch_size=4,
+        max_wait_ms=1000,
+        threads=1,
+    )
+    raw["ray"] = {"address": ray_head}
+    with Server(raw) as server:
+        with InputQueue(url=redis_url, name=stream) as client:
+            client.enqueue_many((f"h{i}", {"t": xs[i]}) for i in range(4))
+        with OutputQueue(url=redis_url, name=stream) as output:
+            results = output.query_many([f"h{i}" for i in range(4)], timeout=240)
+        runner: Any = server.runner
+        deadline = time.monotonic() + 60
+        while runner.restarts < 1:  # the actor left in the model call is replaced
+            assert time.monotonic() < deadline, "the stuck actor was not replaced"
+            time.sleep(0.1)
+        assert runner.wait_ready(180)  # and its replacement serves
+    assert isinstance(results.pop("h1"), BatchTimeoutError)
+    direct = sentinel_direct(model_dir, np.delete(xs, 1, axis=0))
+    for j, i in enumerate((0, 2, 3)):
+        assert_top_n(results[f"h{i}"], direct[j], TOP_N)

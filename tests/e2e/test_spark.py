@@ -22,10 +22,17 @@ import numpy as np
 import pytest
 
 from conftest import jpeg
-from helpers import assert_top_n, decoded_image, onnx_direct
+from helpers import (
+    HANG,
+    assert_top_n,
+    build_sentinel_model,
+    decoded_image,
+    onnx_direct,
+    sentinel_direct,
+)
 from zoo_serving import InputQueue, OutputQueue, keys, load_config
 from zoo_serving.broker.embedded import free_port
-from zoo_serving.errors import ConfigError, ModelNotFoundError
+from zoo_serving.errors import BatchTimeoutError, ConfigError, ModelNotFoundError
 from zoo_serving.runners.spark import SparkRunner, serve_on
 from zoo_serving.spark.dataframe import predict_df
 from zoo_serving.spark.session import spark_session
@@ -159,6 +166,39 @@ def test_killed_worker_task_loses_nothing(
         runner.stop()
     assert not runner.alive and len(runner.results) == 2
     assert beats(redis_client, stream) == {}  # the dead worker's beat too
+
+
+def test_a_task_stuck_on_a_hanging_record_is_retried_and_the_record_isolated(
+    spark, tmp_path, redis_url, redis_client, stream
+) -> None:
+    # a real TorchScript model that spins for good on a HANG record: only ending its Python
+    # worker stops it
+    model_dir = build_sentinel_model(tmp_path / "hang" / "m.pt", hang_iters=2**62).parent
+    xs = np.random.default_rng(51).normal(0, 50, (4, 3, 32, 32)).astype(np.float32)
+    xs[2, 0, 0, 0] = HANG
+    params = {"batch_timeout_s": 1.0, "claim_idle_ms": 500, "batch_size": 4, "threads": 1}
+    runner = serve_on(spark, raw_config(model_dir, redis_url, stream, params=params))
+    try:
+        pids = {b["pid"] for b in beats(redis_client, stream).values()}
+        with InputQueue(url=redis_url, name=stream) as client:
+            client.enqueue_many((f"h{i}", {"t": xs[i]}) for i in range(4))
+        with OutputQueue(url=redis_url, name=stream) as output:
+            results = output.query_many([f"h{i}" for i in range(4)], timeout=180)
+        assert isinstance(results.pop("h2"), BatchTimeoutError)
+        direct = sentinel_direct(model_dir, np.delete(xs, 2, axis=0))
+        for j, i in enumerate((0, 1, 3)):
+            assert_top_n(results[f"h{i}"], direct[j], TOP_N)
+        # the stuck task failed and Spark retried it: two ready workers, one in a new process
+        deadline = time.monotonic() + 120
+        while True:
+            live = [b for b in beats(redis_client, stream).values() if b["ready"]]
+            if len(live) == 2 and {b["pid"] for b in live} != pids:
+                break
+            assert time.monotonic() < deadline, "the stuck task was not retried"
+            time.sleep(0.2)
+    finally:
+        runner.stop()
+    assert not runner.alive
 
 
 def test_start_errors_reach_the_caller(

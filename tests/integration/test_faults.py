@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import redis as redis_lib
 
-from helpers import assert_top_n, onnx_direct
+from helpers import assert_top_n, build_sentinel_model, loop_steps_per_s, onnx_direct
 from zoo_serving import InputQueue, OutputQueue, QueueFullError, Server, keys
 from zoo_serving.broker.embedded import ManagedRedis, free_port
 from zoo_serving.errors import InferenceError, ServerError
@@ -154,3 +154,39 @@ def test_record_delivered_too_often_goes_to_dead_letter(
     assert fields[b"uri"] == b"poison" and fields[b"zs_id"] == entry_id
     assert b"max_deliveries" in fields[b"zs_reason"]
     assert redis_client.xpending(stream, "serving")["pending"] == 0
+
+
+def test_stop_does_not_wait_forever_for_a_redis_that_is_gone(tmp_path) -> None:
+    # each batch takes about 1.5 s, so one is in the model when Redis dies; its results can
+    # then never be written, and a stop must not retry them for ever
+    steps = int(loop_steps_per_s() * 1.5)
+    model_dir = build_sentinel_model(tmp_path / "slow" / "m.pt", slow_iters=steps).parent
+    redis_server = ManagedRedis(tmp_path / "redis", free_port()).start()
+    config = {
+        "model": {"path": str(model_dir)},
+        "data": {"src": redis_server.url, "stream": "gone", "shape": "3,32,32"},
+        "params": {"batch_size": 4, "top_n": 3, "threads": 1},
+        "log": {"dir": str(tmp_path / "work")},
+    }
+    server = Server(config).start()
+    try:
+        xs = np.random.default_rng(10).normal(0, 50, (4, 3, 32, 32)).astype(np.float32)
+        probe = redis_lib.Redis.from_url(redis_server.url)
+        with InputQueue(url=redis_server.url, name="gone") as client:
+            client.enqueue_many((f"g{i}", {"t": x}) for i, x in enumerate(xs))
+        deadline = time.monotonic() + 30
+        while not probe.xpending("gone", "serving")["pending"]:  # the batch is in the model
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        probe.close()
+        assert redis_server.process is not None
+        redis_server.process.kill()
+        redis_server.process.wait()
+        runner = server.runner
+        server.stop(timeout_s=30)
+        assert runner is not None and runner.join(0), "a worker still retries its results"
+    finally:
+        server.stop()
+        redis_server.stop()
+    log_text = (tmp_path / "work" / "error.log").read_text()
+    assert "giving up, the worker is stopping" in log_text

@@ -8,6 +8,7 @@ output; wrong ones fail with :class:`BrokerConnectionError` and change nothing i
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import subprocess
 import time
@@ -19,10 +20,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import build_onnx_cnn
+from conftest import build_onnx_cnn, jpeg
 from helpers import assert_top_n, onnx_direct
 from zoo_serving import BrokerConnectionError, InputQueue, OutputQueue, Server, keys
 from zoo_serving.broker.embedded import find_redis_server, free_port, port_answers
+from zoo_serving.errors import BrokerPermissionError
 from zoo_serving.wire.native import VIEW_MIN_BYTES
 
 PASSWORD = "s3cret-Pw-7f2c"
@@ -437,3 +439,87 @@ def test_serves_over_a_unix_socket(
     expected = onnx_direct(model_dir, np.concatenate([xs, xs[:1]]))
     for answer, scores in zip(served, expected, strict=True):
         assert_top_n(answer, scores, 3)
+
+
+# ------------------------------------------------------------------ ACL user lacking a command
+
+
+@pytest.mark.parametrize(
+    ("rule", "named", "grant"),
+    [
+        ("-evalsha", "EVALSHA", "+evalsha"),
+        ("-xclaim", "XCLAIM", "+xclaim"),
+        ("-script|load", "SCRIPT LOAD", "+script|load"),
+        ("-xack", "XACK", "+xack"),  # run inside the complete script, so checked apart
+    ],
+)
+def test_a_user_lacking_a_command_fails_start_naming_it(
+    start_redis, onnx_model_dir, tmp_path, stream, rule, named, grant
+) -> None:
+    port = start_redis(*ACL_ARGS[:-1], "+@all", rule)
+    data = {"src": f"127.0.0.1:{port}", "username": ACL_USER, "password": PASSWORD}
+    server = Server(_server_config(onnx_model_dir, tmp_path, stream=stream, **data))
+    with pytest.raises(BrokerPermissionError) as exc:
+        server.start(timeout_s=60)
+    message = str(exc.value)
+    assert named in message and grant in message and f"ACL SETUSER {ACL_USER}" in message
+    assert exc.value.code == "broker_permission"
+    assert server.runner is None and not server.running
+    admin = _admin(f"redis://{ACL_USER}:{PASSWORD}@127.0.0.1:{port}")
+    try:
+        assert not admin.exists(stream)  # checked before anything was created
+    finally:
+        admin.close()
+
+
+def test_a_user_lacking_a_key_fails_start_naming_it(
+    start_redis, onnx_model_dir, tmp_path, stream
+) -> None:
+    # the stream itself, but none of the server's own keys
+    port = start_redis("--user", "default", "off", "--user", ACL_USER, "on", f">{PASSWORD}",
+                       f"~{stream}", "&*", "+@all")  # fmt: skip
+    data = {"src": f"127.0.0.1:{port}", "username": ACL_USER, "password": PASSWORD}
+    with pytest.raises(BrokerPermissionError) as exc:
+        Server(_server_config(onnx_model_dir, tmp_path, stream=stream, **data)).start(timeout_s=60)
+    assert f"~zs:{{{stream}}}:*" in str(exc.value)
+
+
+def test_a_result_the_user_may_not_write_holds_up_no_other_and_ends_dead_lettered(
+    start_redis, onnx_model_dir, tmp_path, stream
+) -> None:
+    # the user may use the stream and the server's keys, not the seed-era result hashes
+    # (result:<uri>): a seed-era record's result write is refused for good (NOPERM)
+    port = start_redis("--user", "default", "off", "--user", ACL_USER, "on", f">{PASSWORD}",
+                       "~sec-*", "~zs:*", "&*", "+@all")  # fmt: skip
+    url = f"redis://{ACL_USER}:{PASSWORD}@127.0.0.1:{port}"
+    xs = np.random.default_rng(9).normal(0, 50, (3, 3, 32, 32)).astype(np.float32)
+    with InputQueue(url=url, name=stream) as queue:
+        queue.enqueue_many((f"n{i}", {"t": x}) for i, x in enumerate(xs))
+        queue.db.xadd(stream, {"uri": "seed", "image": base64.b64encode(jpeg(3))})
+    config = _server_config(onnx_model_dir, tmp_path, stream=stream, src=url)
+    config["params"].update(batch_size=8, max_wait_ms=500, claim_idle_ms=300, max_deliveries=3)
+    admin = _admin(url)
+    try:
+        with _serving(config) as server:
+            # the native records of the same batch are answered at once, not held up by it
+            with OutputQueue(url=url, name=stream) as output:
+                answers = output.query_many([f"n{i}" for i in range(3)], timeout=30)
+            for i, scores in enumerate(onnx_direct(onnx_model_dir, xs)):
+                assert_top_n(answers[f"n{i}"], scores, 3)
+            # the seed record is retried (its write refused each time), dead-lettered, then
+            # acknowledged without the result Redis refuses; the worker serves on
+            deadline = time.monotonic() + 60
+            while admin.xpending(stream, "serving")["pending"]:
+                assert time.monotonic() < deadline, "the unwritable record was never settled"
+                time.sleep(0.05)
+            dead = admin.xrange(keys.dead_letter(stream))
+            assert [f[b"uri"] for _, f in dead] == [b"seed"]
+            assert server.running
+            with InputQueue(url=url, name=stream) as queue:
+                _assert_serves(queue, onnx_model_dir, seed=10)
+        log_text = (tmp_path / "work" / "error.log").read_text()
+        assert "no result could be written; it stays pending" in log_text
+        assert "acknowledged without a result" in log_text
+        assert "NoPermissionError" in log_text
+    finally:
+        admin.close()

@@ -1,4 +1,4 @@
-"""The wire, pinned byte for byte: Redis key names, the two Lua scripts (Redis runs them by
+"""The wire, pinned byte for byte: Redis key names, the Lua scripts (Redis runs them by
 SHA1), the heartbeat's fields and the result encodings. A change here is a protocol change:
 make it on purpose, bump the version in docs/protocol.md, and update these values."""
 
@@ -25,6 +25,7 @@ def sha1(text: str) -> str:
 def test_lua_scripts_are_the_ones_redis_knows() -> None:
     assert sha1(streams._COMPLETE_LUA) == "9153f31704acdaf94e152f328aa49a81f3e4008f"
     assert sha1(producer._ENQUEUE_LUA) == "e283b501bd76f4ad1c10ef684aa4307303f85dbd"
+    assert sha1(streams._REFRESH_LUA) == "2958b5deb8bd1f4e6bdb2bf97a52865a12f6a6b2"
 
 
 def test_key_names() -> None:
@@ -77,6 +78,7 @@ def test_heartbeat_fields_in_order() -> None:
         "pid",
         "runner",
         "ready",
+        "stuck_s",
         "succeeded",
         "failed",
         "served_1m",

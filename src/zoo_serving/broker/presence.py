@@ -166,17 +166,23 @@ class Presence:
         pipe.execute()
 
     def beat(self, name: str, body: Mapping[str, Any], ready: bool) -> None:
-        """Write worker ``name``'s heartbeat; renew readiness while it is ready."""
+        """Write worker ``name``'s heartbeat; renew readiness while it is ready, and take it
+        back while it is not (a worker stuck in a batch), if it was the one holding it."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(keys.workers(self.stream), name, json.dumps(body))
         if ready:
             pipe.set(keys.ready(self.stream), name, px=int(HEARTBEAT_TTL_S * 1000))
         pipe.execute()
+        if not ready:
+            self._unready(name)
 
     def leave(self, name: str) -> None:
         """Take worker ``name``'s heartbeat out, and readiness if it was the one holding it
         (other ready workers set it again within a beat)."""
         self.redis.hdel(keys.workers(self.stream), name)
+        self._unready(name)
+
+    def _unready(self, name: str) -> None:
         if self.redis.get(keys.ready(self.stream)) == name.encode():
             self.redis.delete(keys.ready(self.stream))
 

@@ -22,7 +22,8 @@ from .. import keys
 @dataclass
 class Entry:
     """One stream entry as read: its id, its raw fields, and how often it was delivered
-    (known for entries taken over from another consumer, else 1)."""
+    (known for entries delivered before: taken over from another consumer, or read again from
+    this consumer's pending list; else 1)."""
 
     id: bytes
     fields: dict[bytes, bytes]
@@ -48,6 +49,10 @@ class Completion:
 class Queue(ABC):
     """What the worker needs from a broker."""
 
+    def check_access(self) -> None:  # noqa: B027 - optional hook
+        """Raise :class:`~zoo_serving.errors.BrokerPermissionError` when the broker will not
+        let this consumer do what a worker needs (checked once, at start)."""
+
     @abstractmethod
     def setup(self, max_queue_len: int | None = None) -> None:
         """Create the stream and consumer group if they do not exist; publish the bound on
@@ -61,11 +66,31 @@ class Queue(ABC):
     def dead_letter(self, entry: Entry, reason: str) -> None:
         """Keep a copy of an entry given up on, with the reason, where an operator can see it."""
 
+    def drop(self, entries: Sequence[Entry]) -> None:
+        """Acknowledge ``entries`` without a result: only for records already copied to the
+        dead-letter stream whose error result the broker refuses to take."""
+        raise NotImplementedError
+
     @abstractmethod
     def complete(self, done: Sequence[Completion]) -> int:
         """Write each completion's result and acknowledge its entry, as one step per entry;
         returns how many results were written (an entry already completed elsewhere is
         skipped)."""
+
+    def refresh(self) -> list[bytes]:
+        """Keep the entries this consumer holds (read and not yet completed or released) from
+        looking idle, so no other consumer takes them over while they are in this worker's
+        pipeline; returns the ids it no longer holds (taken over or completed elsewhere). A
+        worker calls it well within the idle time after which entries are taken over."""
+        return []
+
+    def release(self, entries: Sequence[Entry]) -> None:  # noqa: B027 - optional hook
+        """Stop holding ``entries`` without completing them (a worker gave up on them): they
+        stay pending and are taken over, as redeliveries, once idle long enough."""
+
+    def holds(self, entry: Entry) -> bool:
+        """Whether this consumer still holds ``entry`` (not released, not lost to another)."""
+        return True
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

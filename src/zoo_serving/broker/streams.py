@@ -2,21 +2,34 @@
 stream's counts (the producer side is :mod:`.producer`).
 
 Workers of one stream share a consumer group; ``read`` is XREADGROUP (own pending entries
-first, then new ones, then entries idle too long on a silent consumer via XAUTOCLAIM);
+first, then new ones, then entries idle too long on a silent consumer, taken over);
 ``complete`` is one Lua call per batch that, for each entry, acknowledges it and only if that
 acknowledgement is the first writes its result (with a TTL) and deletes the entry from the
 stream. The acknowledgement and the result write are one atomic step, so a record is never
 acknowledged without its result, and a redelivered record never gets a second result.
+
+A consumer remembers the entries it holds (read, not yet completed or released). ``refresh``
+resets their idle time (``XCLAIM ... JUSTID``, which counts no delivery), so entries still in
+a live worker's pipeline never look idle to others, however long its batches take; and a read
+never hands out an entry the consumer already holds.
+
+Idle entries (of a worker that died or gave them up) are taken over one at a time
+(``XPENDING ... IDLE`` to find one, ``XCLAIM`` with the same idle time to take it), and not
+while the consumer holds one taken over before: such a record runs alone, and if it kills its
+worker, the only other records that worker held were first deliveries, so no innocent record
+is redelivered again and again alongside a poison one.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .. import keys
+from .access import check_access, worker_commands
 from .queue import Completion, Entry, Queue, consumer_name
 
 # the logger name error.log lines carry, as docs/observability.md shows them
@@ -60,8 +73,30 @@ end
 return written
 """
 
+# KEYS: stream. ARGV: group, consumer, then ids this consumer holds. Resets the idle time of
+# those still pending on this consumer (XCLAIM JUSTID: no delivery counted, nobody else's entry
+# taken) and returns the others (taken over by another consumer, or acknowledged).
+_REFRESH_LUA = """
+local claim = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], '0'}
+local lost = {}
+for i = 3, #ARGV do
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2]) == 1 then
+    claim[#claim + 1] = ARGV[i]
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
+end
+if #claim > 5 then
+  claim[#claim + 1] = 'JUSTID'
+  redis.call(unpack(claim))
+end
+return lost
+"""
+
 FINISHED_MAX = 100_000  # uris remembered for OutputQueue.dequeue
 _HOW = {keys.AS_LIST: "l", keys.AS_PRIVATE: "p", keys.AS_HASH: "h"}  # Completion.how -> Lua
+REFRESH_CHUNK = 1000  # ids per refresh call (Lua's unpack has a stack limit)
+CLAIM_CANDIDATES = 10  # idle entries looked at per take-over (others may take some first)
 
 
 class RedisStreamQueue(Queue):
@@ -91,11 +126,19 @@ class RedisStreamQueue(Queue):
         self.consumer = consumer or consumer_name()
         self.result_ttl_ms = result_ttl_s * 1000
         self.claim_idle_ms = claim_idle_ms
-        self._own_pending_done = False
+        # where the next read of this consumer's own pending entries starts; None: all read
+        self._pending_from: bytes | None = b"0"
         self._next_claim = 0.0
-        self._claim_cursor = b"0-0"
         self._complete = client.register_script(_COMPLETE_LUA)
+        self._refresh = client.register_script(_REFRESH_LUA)
         self._finished_key = keys.finished(stream)
+        self._held: set[bytes] = set()  # ids read and not yet completed or released
+        self._held_again: set[bytes] = set()  # those of them delivered before
+        self._held_lock = threading.Lock()
+
+    def check_access(self) -> None:
+        scripts = [(self._complete.sha, _COMPLETE_LUA), (self._refresh.sha, _REFRESH_LUA)]
+        check_access(self.client, worker_commands(self.stream, self.group, self.consumer, scripts))
 
     def setup(self, max_queue_len: int | None = None) -> None:
         """Create the group at the stream's start (so earlier records are served) and publish
@@ -114,22 +157,34 @@ class RedisStreamQueue(Queue):
                 raise
 
     def read(self, count: int, block_ms: int) -> list[Entry]:
-        if not self._own_pending_done:
-            # entries this consumer name read before but never completed (a restart)
-            entries = self._xread("0", count, None)
-            if len(entries) < count:
-                self._own_pending_done = True
+        if self._pending_from is not None:
+            # entries this consumer name read before and never completed: a lost reply, a
+            # restart, or entries it gave up on; those it still holds are in its pipeline
+            entries = self._read_own_pending(count)
             if entries:
-                return entries
+                return self._hold(entries)
         now = time.monotonic()
-        if now >= self._next_claim:
+        if now >= self._next_claim and not self._held_again:
+            claimed = self._claim()
+            if claimed:  # more may wait: look again once this one is answered
+                return self._hold(claimed)
             self._next_claim = now + max(self.claim_idle_ms / 2000.0, 0.05)
-            claimed = self._claim(count)
-            if claimed:
-                return claimed
-        return self._xread(">", count, block_ms)
+        return self._hold(self._xread(">", count, block_ms))
+
+    def _read_own_pending(self, count: int) -> list[Entry]:
+        start = self._pending_from or b"0"
+        items = self._xread_items(start, count, None)
+        self._pending_from = items[-1][0] if len(items) >= count else None
+        with self._held_lock:
+            entries = [Entry(eid, f) for eid, f in items if f and eid not in self._held]
+        self._count_deliveries(entries)
+        return entries
 
     def _xread(self, start: str, count: int, block_ms: int | None) -> list[Entry]:
+        # an entry deleted after delivery comes back as (id, None): nothing left to serve
+        return [Entry(eid, f) for eid, f in self._xread_items(start, count, block_ms) if f]
+
+    def _xread_items(self, start: Any, count: int, block_ms: int | None) -> list[Any]:
         try:
             reply = self.client.xreadgroup(
                 self.group, self.consumer, {self.stream: start}, count=count, block=block_ms
@@ -137,39 +192,74 @@ class RedisStreamQueue(Queue):
         except Exception:
             # Redis may have delivered entries whose reply was lost with the connection: they
             # wait in this consumer's pending list, so read that list again first
-            self._own_pending_done = False
+            self._pending_from = b"0"
             raise
-        out: list[Entry] = []
-        for _stream, items in reply or []:
-            # an entry deleted after delivery comes back as (id, None): nothing left to serve
-            out.extend(Entry(eid, fields) for eid, fields in items if fields)
-        return out
+        return [item for _stream, items in reply or [] for item in items]
 
-    def _claim(self, count: int) -> list[Entry]:
-        reply = self.client.xautoclaim(
-            self.stream,
-            self.group,
-            self.consumer,
-            min_idle_time=self.claim_idle_ms,
-            start_id=self._claim_cursor,
-            count=count,
+    def _claim(self) -> list[Entry]:
+        """Take over one entry idle past ``claim_idle_ms`` (none when there is none)."""
+        idle = self.client.xpending_range(
+            self.stream, self.group, "-", "+", CLAIM_CANDIDATES, idle=self.claim_idle_ms
         )
-        self._claim_cursor = reply[0]
-        entries = [Entry(eid, fields) for eid, fields in reply[1] if fields]
-        if entries:
-            pipe = self.client.pipeline(transaction=False)
-            for entry in entries:
-                pipe.xpending_range(self.stream, self.group, entry.id, entry.id, 1)
-            for entry, info in zip(entries, pipe.execute()):
-                if info:
-                    entry.deliveries = int(info[0]["times_delivered"])
-            log.warning(
-                "consumer %s took over %d entries idle > %d ms on another consumer",
-                self.consumer,
-                len(entries),
-                self.claim_idle_ms,
+        for row in idle:
+            eid = row["message_id"]
+            with self._held_lock:  # one of ours whose refresh came late: still in the pipeline
+                if eid in self._held:
+                    continue
+            # the same idle time again: if another consumer took it meanwhile, nothing happens
+            taken = self.client.xclaim(
+                self.stream, self.group, self.consumer, self.claim_idle_ms, [eid]
             )
+            entries = [Entry(i, f, int(row["times_delivered"]) + 1) for i, f in taken if f]
+            if entries:
+                log.warning(
+                    "consumer %s took over 1 entry idle > %d ms (from %s, delivered %d times)",
+                    self.consumer,
+                    self.claim_idle_ms,
+                    row["consumer"].decode("utf-8", "replace"),
+                    entries[0].deliveries,
+                )
+                return entries
+        return []
+
+    def _count_deliveries(self, entries: list[Entry]) -> None:
+        if not entries:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for entry in entries:
+            pipe.xpending_range(self.stream, self.group, entry.id, entry.id, 1)
+        for entry, info in zip(entries, pipe.execute()):
+            if info:
+                entry.deliveries = int(info[0]["times_delivered"])
+
+    def _hold(self, entries: list[Entry]) -> list[Entry]:
+        with self._held_lock:
+            self._held.update(e.id for e in entries)
+            self._held_again.update(e.id for e in entries if e.deliveries > 1)
         return entries
+
+    def _drop(self, ids: Iterable[bytes]) -> None:
+        ids = set(ids)
+        with self._held_lock:
+            self._held -= ids
+            self._held_again -= ids
+
+    def holds(self, entry: Entry) -> bool:
+        with self._held_lock:
+            return entry.id in self._held
+
+    def release(self, entries: Sequence[Entry]) -> None:
+        self._drop(e.id for e in entries)
+
+    def refresh(self) -> list[bytes]:
+        with self._held_lock:
+            held = sorted(self._held)
+        lost: list[bytes] = []
+        for start in range(0, len(held), REFRESH_CHUNK):
+            chunk = held[start : start + REFRESH_CHUNK]
+            lost.extend(self._refresh(keys=[self.stream], args=[self.group, self.consumer, *chunk]))
+        self._drop(lost)
+        return lost
 
     def dead_letter(self, entry: Entry, reason: str) -> None:
         fields = dict(entry.fields)
@@ -182,6 +272,14 @@ class RedisStreamQueue(Queue):
         )
         self.client.xadd(keys.dead_letter(self.stream), fields)
 
+    def drop(self, entries: Sequence[Entry]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for entry in entries:
+            pipe.xack(self.stream, self.group, entry.id)
+            pipe.xdel(self.stream, entry.id)
+        pipe.execute()
+        self._drop(e.id for e in entries)
+
     def complete(self, done: Sequence[Completion]) -> int:
         if not done:
             return 0
@@ -190,7 +288,9 @@ class RedisStreamQueue(Queue):
         for c in done:
             keys_.extend((c.key, c.claim or c.key))
             args.extend((c.entry.id, c.value, c.uri, _HOW[c.how]))
-        return int(self._complete(keys=keys_, args=args))
+        written = int(self._complete(keys=keys_, args=args))
+        self._drop(c.entry.id for c in done)
+        return written
 
     def pending(self) -> int:
         """Entries delivered to a consumer of the group and not yet completed."""

@@ -85,6 +85,12 @@ class ParamsConfig:
     claim_idle_ms: int = opt(
         30000, int_checker(100), "a record pending this long on a silent worker is taken over"
     )
+    batch_timeout_s: float = opt(
+        60.0,
+        float_checker(0.0),
+        "longest a batch may run; past it the worker gives the batch up and is replaced or "
+        "reports unhealthy, and its records are retried one at a time; 0: no limit",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

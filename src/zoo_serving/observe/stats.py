@@ -46,13 +46,19 @@ class RateWindow:
 
 
 @dataclass
-class WorkerStats:
-    """What one worker has done so far."""
+class Counts:
+    """Records by outcome, failures by code, and batches."""
 
     succeeded: int = 0
     failed: int = 0
     batches: int = 0
     failures_by_code: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+@dataclass
+class WorkerStats(Counts):
+    """What one worker has done so far."""
+
     recent: RateWindow = field(default_factory=RateWindow)  # records answered, last minute
     # where the time of records that reached the model went: seconds summed over records
     # (a batch's inference and postprocess count once per record in it); see STAGES
@@ -74,6 +80,14 @@ class WorkerStats:
         stage["inference"] += infer_s * n
         stage["postprocess"] += post_s * n
         self.timed += n
+
+    def add_counts(self, counts: Counts) -> None:
+        """Add what one batch counted (kept apart until the batch was known to stand)."""
+        self.succeeded += counts.succeeded
+        self.failed += counts.failed
+        self.batches += counts.batches
+        for code, n in counts.failures_by_code.items():
+            self.failures_by_code[code] += n
 
     def add_written(self, write_s: float) -> None:
         """Seconds records spent from their answer to their result written, summed."""

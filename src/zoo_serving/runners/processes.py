@@ -16,6 +16,8 @@ from typing import Any
 from ..config import Config, load_config
 from ..errors import ServerError, ZooServingError
 from ..serving.remote import (
+    EXIT_STUCK,
+    leave_stuck_process,
     package_log_level,
     picklable_error,
     setup_worker_logging,
@@ -55,10 +57,12 @@ class ProcessesRunner(Runner):
     cores divided between the workers (``max(1, cpu_count // workers)``).
 
     A supervisor thread restarts a worker that dies (a non-zero exit code, or killed by a
-    signal) with an exponential backoff, and logs it. The dead worker's pending records are
-    taken over by the live workers once they have been idle ``params.claim_idle_ms`` (the
-    replacement has a new consumer name). A worker that fails to load its model at start-up
-    is not restarted: :meth:`raise_if_failed` re-raises its error in the caller, so
+    signal) with an exponential backoff, and logs it. A worker stuck in a batch past
+    ``params.batch_timeout_s`` exits (code :data:`EXIT_STUCK`) and is replaced the same way.
+    The dead worker's pending records are taken over by the live workers once they have been
+    idle ``params.claim_idle_ms`` (the replacement has a new consumer name), and run one at a
+    time. A worker that fails to load its model at start-up is not restarted:
+    :meth:`raise_if_failed` re-raises its error in the caller, so
     :meth:`zoo_serving.Server.start` fails with the real reason.
 
     :meth:`stop` sends SIGTERM (each worker stops reading, serves and acknowledges what it
@@ -222,12 +226,17 @@ class ProcessesRunner(Runner):
             return
         if now - slot.started >= HEALTHY_AFTER_S:
             slot.backoff_s = BACKOFF_FIRST_S
+        if code == EXIT_STUCK:
+            limit = self.config.params.batch_timeout_s
+            why = f"stuck in a batch past params.batch_timeout_s={limit:g}"
+        else:
+            why = f"signal {-code}" if code < 0 else f"exit code {code}"
         log.warning(
             "worker process %d (pid %d) died (%s); restarting it in %.1fs; its pending records "
-            "go to the other workers after params.claim_idle_ms=%d",
+            "go to the other workers after params.claim_idle_ms=%d, one at a time",
             slot.index,
             proc.pid,
-            f"signal {-code}" if code < 0 else f"exit code {code}",
+            why,
             slot.backoff_s,
             self.config.params.claim_idle_ms,
         )
@@ -272,7 +281,7 @@ def worker_main(raw_config: dict[str, Any], index: int, conn: Connection, level:
     config = load_config(raw_config)
     setup_worker_logging(config, level, f"worker-{index}[{os.getpid()}]", error_log=True)
     threading.Thread(target=_watch_parent, args=(stop,), daemon=True).start()
-    worker = Worker(config)
+    worker = Worker(config, leave_when_stuck=True)
     try:
         worker.load()
     except BaseException as exc:
@@ -290,6 +299,8 @@ def worker_main(raw_config: dict[str, Any], index: int, conn: Connection, level:
     finally:
         worker.close()
         conn.close()
+    if worker.left_stuck:  # the supervisor starts a new worker in its place
+        leave_stuck_process()
 
 
 def _watch_parent(stop: threading.Event) -> None:

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from typing import Any
 
 from ..broker.presence import request_stop
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 #: object store of a local Ray: records never go through it, so keep it small
 OBJECT_STORE_BYTES = 128 * 1024 * 1024
+WATCH_S = 0.5  # how often the runner looks for actors to replace
 
 
 class WorkerActor:
@@ -48,7 +50,7 @@ class WorkerActor:
         from ..serving.worker import Worker
 
         try:
-            worker = Worker(self.config)
+            worker = Worker(self.config, leave_when_stuck=True)
             try:
                 worker.load()
             except BaseException:
@@ -76,7 +78,9 @@ class WorkerActor:
         finally:
             worker.close()
             self._finished.set()
-        return {"succeeded": worker.stats.succeeded, "failed": worker.stats.failed}
+        counts = {"succeeded": worker.stats.succeeded, "failed": worker.stats.failed}
+        # left in a model call past params.batch_timeout_s: the runner kills this actor
+        return {**counts, "stuck": 1} if worker.left_stuck else counts
 
     def stop(self, timeout_s: float | None = None) -> bool:
         """Stop reading; True once what was read is served and acknowledged."""
@@ -101,7 +105,9 @@ class RayRunner(Runner):
     Stopping reaches remote actors twice: the stream's control key (every worker watches it)
     and ``actor.stop``; both drain. An actor that dies (``ray.kill``, a lost node) is not
     replaced; its pending records go to the other workers once idle ``params.claim_idle_ms``.
-    Ray is shut down at :meth:`stop` only when this runner started it.
+    An actor whose worker is stuck in a batch past ``params.batch_timeout_s`` is killed and
+    replaced by a watcher thread (:attr:`restarts` counts them). Ray is shut down at
+    :meth:`stop` only when this runner started it.
     """
 
     name = "ray"
@@ -118,6 +124,10 @@ class RayRunner(Runner):
         self._errors: list[BaseException] = []
         self._stopping = False
         self.workers_info: dict[int, dict[str, Any]] = {}
+        self.restarts = 0  # actors replaced after their worker got stuck
+        self._lock = threading.RLock()  # the watcher and the caller both collect results
+        self._watcher: threading.Thread | None = None
+        self._spawn: Any = None  # index -> a new actor, its load() and run() submitted
 
     # ------------------------------------------------------------------ Runner steps
 
@@ -125,13 +135,33 @@ class RayRunner(Runner):
         ray = self._ray = _import_ray()
         self._stopping = False
         self._ready, self._ended, self._errors, self.workers_info = set(), set(), [], {}
+        self.restarts = 0
         self._connect(ray)
         actor_cls = ray.remote(num_cpus=1, max_concurrency=3, max_restarts=0)(WorkerActor)
         raw = shipped_config(self.config, resolve_threads=False)
         level = package_log_level()
-        self.actors = [actor_cls.remote(raw, i, level) for i in range(self.workers)]
-        self._loads = {actor.load.remote(): i for i, actor in enumerate(self.actors)}
-        self._runs = {actor.run.remote(): i for i, actor in enumerate(self.actors)}
+        self.actors, self._loads, self._runs = [None] * self.workers, {}, {}
+
+        def spawn(index: int) -> None:
+            actor = self.actors[index] = actor_cls.remote(raw, index, level)
+            self._loads[actor.load.remote()] = index
+            self._runs[actor.run.remote()] = index
+
+        self._spawn = spawn
+        for i in range(self.workers):
+            spawn(i)
+        self._watcher = threading.Thread(target=self._watch, name="zoo-serving-ray", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        """Replace actors left stuck, even when nobody asks whether the runner is alive."""
+        while not self._stopping and self._ray is not None:
+            try:
+                if not self._alive():
+                    return
+            except Exception as exc:  # Ray going away under a stop
+                log.debug("watching ray workers: %s", exc)
+            time.sleep(WATCH_S)
 
     def _connect(self, ray: Any) -> None:
         if ray.is_initialized():
@@ -168,6 +198,9 @@ class RayRunner(Runner):
 
     def _stop(self) -> None:
         self._stopping = True
+        if self._watcher is not None:
+            self._watcher.join(5)
+            self._watcher = None
         if not request_stop(self.config.data):
             log.warning("Redis did not answer the stop request; stopping through Ray only")
         for i, actor in enumerate(self.actors):
@@ -196,51 +229,60 @@ class RayRunner(Runner):
             log.info("left Ray")
 
     def join(self, timeout_s: float | None = None) -> bool:
-        if not self._runs:
-            return True
-        refs = list(self._runs)
-        done, _ = self._ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-        self._collect(done)
-        return len(done) == len(refs)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                refs = [ref for ref, i in self._runs.items() if i not in self._ended]
+            if not refs:
+                return True
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = self._ray.wait(refs, num_returns=len(refs), timeout=remaining)
+            with self._lock:
+                self._collect(done)
+            if len(done) < len(refs):
+                return False
 
     def _alive(self) -> bool:
-        pending = [ref for ref, i in self._runs.items() if i not in self._ended]
-        if not pending:
-            return False
-        done, rest = self._ray.wait(pending, num_returns=len(pending), timeout=0)
-        self._collect(done)
-        return bool(rest)
+        with self._lock:
+            pending = [ref for ref, i in self._runs.items() if i not in self._ended]
+            if not pending:
+                return False
+            done, rest = self._ray.wait(pending, num_returns=len(pending), timeout=0)
+            self._collect(done)
+            return bool(rest) or any(i not in self._ended for i in self._runs.values())
 
     def _ready_count(self) -> int:
-        pending = list(self._loads)
-        if pending:
-            done, _ = self._ray.wait(pending, num_returns=len(pending), timeout=0)
-            for ref in done:
-                index = self._loads.pop(ref)
-                try:
-                    info = self._ray.get(ref)
-                except Exception as exc:
-                    self._errors.append(_original(exc, index))
-                    continue
-                self._ready.add(index)
-                self.workers_info[index] = info
-                log.info("ray worker %d ready: %s on %s pid %d", index, *_where(info))
-        return len(self._ready - self._ended)
+        with self._lock:
+            pending = list(self._loads)
+            if pending:
+                done, _ = self._ray.wait(pending, num_returns=len(pending), timeout=0)
+                for ref in done:
+                    index = self._loads.pop(ref)
+                    try:
+                        info = self._ray.get(ref)
+                    except Exception as exc:
+                        self._errors.append(_original(exc, index))
+                        continue
+                    self._ready.add(index)
+                    self.workers_info[index] = info
+                    log.info("ray worker %d ready: %s on %s pid %d", index, *_where(info))
+            return len(self._ready - self._ended)
 
     def raise_if_failed(self) -> None:
         if self._errors:
             raise self._errors[0]
 
     def _collect(self, done: list[Any]) -> None:
-        """Note the actors whose run() ended; an actor that died is logged."""
+        """Note the actors whose run() ended; an actor that died is logged, one whose worker
+        was left stuck in a model call is killed and replaced."""
         for ref in done:
-            index = self._runs[ref]
-            if index in self._ended:
+            index = self._runs.get(ref)
+            if index is None or index in self._ended:
                 continue
-            self._ended.add(index)
             try:
                 counts = self._ray.get(ref)
             except Exception as exc:
+                self._ended.add(index)
                 if index in self._ready and not self._stopping:
                     log.warning(
                         "ray worker %d died (%s); its pending records go to the other workers "
@@ -250,8 +292,28 @@ class RayRunner(Runner):
                         self.config.params.claim_idle_ms,
                     )
                 continue
+            if counts and counts.get("stuck") and not self._stopping:
+                self._replace(ref, index)
+                continue
+            self._ended.add(index)
             if counts:
                 log.info("ray worker %d stopped: %s", index, counts)
+
+    def _replace(self, ref: Any, index: int) -> None:
+        log.warning(
+            "ray worker %d was stuck in a batch past params.batch_timeout_s=%g; killing its "
+            "actor and starting another; its records go to the other workers after "
+            "params.claim_idle_ms=%d, one at a time",
+            index,
+            self.config.params.batch_timeout_s,
+            self.config.params.claim_idle_ms,
+        )
+        with contextlib.suppress(Exception):
+            self._ray.kill(self.actors[index])
+        del self._runs[ref]
+        self._ready.discard(index)
+        self.restarts += 1
+        self._spawn(index)
 
 
 def _import_ray() -> Any:

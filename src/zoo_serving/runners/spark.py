@@ -21,7 +21,9 @@ slot for as long as it serves; keep slots free for other jobs of a shared sessio
 Failures: a task that dies (its Python worker killed, its executor lost) is retried by Spark
 (``spark.task.maxFailures``, 4; local masters too, see :mod:`zoo_serving.spark.session`); the
 records it had read wait in the consumer group and are taken over by live workers after
-``params.claim_idle_ms``. A worker that cannot start (bad model, Redis unreachable) returns
+``params.claim_idle_ms``. A worker stuck in a batch past ``params.batch_timeout_s`` ends its
+Python worker process, so its task fails and Spark retries it (each such failure counts toward
+``spark.task.maxFailures``). A worker that cannot start (bad model, Redis unreachable) returns
 its error instead, which :meth:`SparkRunner.raise_if_failed` raises in the driver.
 
 Readiness comes from the workers' heartbeats in Redis (``keys.workers``): each worker of this
@@ -52,6 +54,7 @@ from ..config import Config, load_config
 from ..errors import ConfigError, ServerError, ZooServingError
 from ..serving.remote import (
     PACKAGE_LOGGER,
+    leave_stuck_process,
     package_log_level,
     picklable_error,
     setup_worker_logging,
@@ -125,7 +128,7 @@ def _serve(
     threads = config.params.threads or (context.cpus() if context is not None else 1)
     try:
         config = config.replace(**{"model.path": model.resolve(), "params.threads": threads})
-        worker = Worker(config, name=consumer_name(f"{job_id}-{index}"))
+        worker = Worker(config, name=consumer_name(f"{job_id}-{index}"), leave_when_stuck=True)
     except ZooServingError as exc:
         yield ("error", picklable_error(exc))
         return
@@ -139,6 +142,8 @@ def _serve(
         worker.run(threading.Event())  # its heartbeat thread watches the control key
     finally:
         worker.close()
+    if worker.left_stuck:  # the task fails with its Python worker, and Spark retries it
+        leave_stuck_process()
     stats = worker.stats
     yield ("done", {"name": worker.name, "succeeded": stats.succeeded, "failed": stats.failed})
 

@@ -30,7 +30,7 @@ from .. import wire
 from ..backends import Model, ModelOptions, load_model
 from ..config import Config
 from ..errors import DeadlineExceededError, InferenceError, ZooServingError
-from ..observe.stats import WorkerStats
+from ..observe.stats import Counts, WorkerStats
 from .postprocess import postprocess
 from .preprocess import Preprocessor
 
@@ -107,8 +107,10 @@ class BatchCore:
         self.infer_s = 0.0
         self.post_s = 0.0
 
-    def serve(self, batch: Sequence[Record]) -> None:
-        """Give every record of ``batch`` its result (an answer or an error)."""
+    def serve(self, batch: Sequence[Record], counts: Counts | None = None) -> None:
+        """Give every record of ``batch`` its result (an answer or an error); count the
+        outcomes in ``counts`` (default: :attr:`stats`)."""
+        counts = self.stats if counts is None else counts
         self.infer_s = self.post_s = 0.0
         live = []
         for record in batch:
@@ -116,27 +118,28 @@ class BatchCore:
                 check_deadline(record)
                 live.append(record)
             except DeadlineExceededError as exc:
-                self.fail(record, exc)
+                self.fail(record, exc, counts)
         groups: dict[tuple[Any, ...], list[Record]] = defaultdict(list)
         for record in live:
             assert record.arrays is not None
             groups[tuple((k, v.shape) for k, v in record.arrays.items())].append(record)
         for group in groups.values():
-            self._predict_isolating(group)
-        self.stats.batches += 1
+            self._predict_isolating(group, counts)
+        counts.batches += 1
 
-    def fail(self, record: Record, exc: BaseException) -> None:
+    def fail(self, record: Record, exc: BaseException, counts: Counts | None = None) -> None:
         """Answer ``record`` with the error result of ``exc``, count it and log it."""
+        counts = self.stats if counts is None else counts
         record.result = wire.encode_failure(record.reply, exc)
         record.arrays = None
         code = exc.code if isinstance(exc, ZooServingError) else "server"
-        self.stats.failed += 1
-        self.stats.failures_by_code[code] += 1
+        counts.failed += 1
+        counts.failures_by_code[code] += 1
         record_log.warning(
             "record failed uri=%s code=%s: %s", record.uri.decode("utf-8", "replace"), code, exc
         )
 
-    def _predict_isolating(self, records: list[Record]) -> None:
+    def _predict_isolating(self, records: list[Record], counts: Counts) -> None:
         """Run the model; if the batch fails, split it so only the bad record(s) fail."""
         started = time.perf_counter()
         try:
@@ -150,18 +153,18 @@ class BatchCore:
                 log.exception("unexpected error running the model")
                 exc = InferenceError(f"{type(exc).__name__}: {exc}")
             if len(records) == 1:
-                self.fail(records[0], exc)
+                self.fail(records[0], exc, counts)
                 return
             mid = len(records) // 2
-            self._predict_isolating(records[:mid])
-            self._predict_isolating(records[mid:])
+            self._predict_isolating(records[:mid], counts)
+            self._predict_isolating(records[mid:], counts)
             return
         self.infer_s += inferred - started
         self.post_s += time.perf_counter() - inferred
         for record, result in zip(records, results):
             record.result = result
             record.arrays = None
-        self.stats.succeeded += len(records)
+        counts.succeeded += len(records)
 
     def predict(self, records: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Stack records and run the model, in pieces or padded where its batch size is fixed."""

@@ -32,16 +32,26 @@ class Heartbeat:
         name: the worker's consumer name.
         stats: the worker's live counters, read at each beat.
         started: when the worker started (wall clock); older stop requests are ignored.
+        stuck: seconds the worker has been stuck in a batch past ``params.batch_timeout_s``
+            (0 when it is not).
     """
 
     def __init__(
-        self, presence: Presence, config: Config, name: str, stats: WorkerStats, *, started: float
+        self,
+        presence: Presence,
+        config: Config,
+        name: str,
+        stats: WorkerStats,
+        *,
+        started: float,
+        stuck: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.presence = presence
         self.config = config
         self.name = name
         self.stats = stats
         self.started = started
+        self.stuck = stuck
 
     def announce(self, model: Model) -> None:
         """Say what the model takes and gives, and that a worker is ready."""
@@ -66,6 +76,7 @@ class Heartbeat:
             stop.wait(HEARTBEAT_S)
 
     def beat(self, ready: bool) -> None:
+        """Publish the heartbeat; renew readiness while ``ready``, give it up while not."""
         self.presence.beat(self.name, self.body(ready), ready)
 
     def body(self, ready: bool) -> dict[str, Any]:
@@ -76,6 +87,7 @@ class Heartbeat:
             "pid": os.getpid(),
             "runner": self.config.params.runner,
             "ready": ready,
+            "stuck_s": round(self.stuck(), 1),  # in a batch past params.batch_timeout_s
             "succeeded": stats.succeeded,
             "failed": stats.failed,
             "served_1m": stats.recent.count(),  # answered in the last minute

@@ -5,16 +5,19 @@ and a start-up error it can send back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from ..config import Config
 from ..errors import ServerError
 
 PACKAGE_LOGGER = "zoo_serving"
+#: exit code of a worker process that left a model call stuck past params.batch_timeout_s
+EXIT_STUCK = 75
 
 
 def worker_threads(config: Config, cpus: int | None = None) -> int:
@@ -67,3 +70,17 @@ def picklable_error(exc: BaseException) -> BaseException:
         return exc
     except Exception:
         return ServerError(f"worker failed to start: {type(exc).__name__}: {exc}")
+
+
+def leave_stuck_process() -> NoReturn:
+    """End this worker process now: its worker left a model call stuck past
+    ``params.batch_timeout_s``, which no thread can stop and a normal exit would wait on (or
+    crash in, tearing the framework down under it). Logs are flushed first."""
+    logging.getLogger(PACKAGE_LOGGER).error(
+        "worker process %d exits with code %d: a model call is stuck", os.getpid(), EXIT_STUCK
+    )
+    for handler in logging.getLogger(PACKAGE_LOGGER).handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_STUCK)

@@ -9,7 +9,16 @@ read is still served, written and acknowledged before :meth:`Worker.run` returns
 
 Batching is dynamic: a batch takes what has been read, up to ``params.batch_size``, waiting at
 most ``params.max_wait_ms`` for more, and not at all when the last read found the stream empty
-(nothing more is on its way through this reader, so waiting would only add latency).
+(nothing more is on its way through this reader, so waiting would only add latency). A
+record delivered before (its worker died or gave up on its batch) runs in a batch of its own,
+so a record that kills or hangs workers cannot take its batch-mates down with it again.
+
+A watchdog (:mod:`.watchdog`) keeps the records in the pipeline this worker's own in Redis and
+gives up on a batch that runs past ``params.batch_timeout_s``: a record alone in it is answered
+with a ``batch_timeout`` error, the records of a larger batch are released to be retried one
+at a time. The worker is then *stuck*, says so in its heartbeat (not ready) and takes no more
+records until the model returns; with ``leave_when_stuck`` (runners that can replace a worker:
+processes, Spark, Ray) :meth:`Worker.run` returns at once instead, leaving the call behind.
 """
 
 from __future__ import annotations
@@ -18,37 +27,25 @@ import logging
 import queue as _queue
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from .. import keys, wire
 from ..backends import Model
 from ..broker.connection import connect
 from ..broker.presence import Presence
-from ..broker.queue import Completion, Entry, Queue, added_at, consumer_name
+from ..broker.queue import Queue, added_at, consumer_name
 from ..broker.streams import RedisStreamQueue
 from ..config import load_config
-from ..errors import ServerError, ZooServingError
+from ..errors import BatchTimeoutError
 from ..observe.metrics import Metrics
-from ..observe.stats import WorkerStats
-from .batch import BatchCore, Record, check_deadline, load_served_model, preprocessor
+from ..observe.stats import Counts, WorkerStats
+from .batch import BatchCore, load_served_model, preprocessor
 from .heartbeat import Heartbeat
-from .preprocess import Preprocessor
+from .reader import STOP, Item, Reader
+from .watchdog import Running, Watchdog
+from .writer import Writer
 
 # the logger name error.log lines carry, as docs/observability.md shows them
 log = logging.getLogger("zoo_serving.worker")
-
-_STOP = object()  # end-of-work marker passed down the stages
-
-
-@dataclass(eq=False, kw_only=True)
-class Item(Record):
-    """One record in flight through the stages: the batch core's record, with the stream
-    entry it came from and its timings."""
-
-    entry: Entry
-    decode_s: float = 0.0  # seconds the reader spent decoding it
-    answered_at: float = 0.0  # perf_counter() when its result was ready to write
 
 
 class Worker:
@@ -61,6 +58,9 @@ class Worker:
         name: the consumer name; by default host-pid plus a counter.
         metrics: the server's metrics sink, called at each stage; by default one that
             records nothing.
+        leave_when_stuck: when a batch runs past ``params.batch_timeout_s``, :meth:`run`
+            returns (with :attr:`left_stuck` set) so the runner can replace the worker; else
+            the worker reports itself unhealthy and waits for the model to return.
 
     Example::
 
@@ -80,6 +80,7 @@ class Worker:
         model: Model | None = None,
         name: str | None = None,
         metrics: Metrics | None = None,
+        leave_when_stuck: bool = False,
     ) -> None:
         self.config = load_config(config)
         with Worker._count_lock:
@@ -91,12 +92,16 @@ class Worker:
         self.stats = WorkerStats()
         self.ready = False
         self._redis: Any = None
+        self.leave_when_stuck = leave_when_stuck
+        self.left_stuck = False  # run() returned while the model was stuck in a call
         self._heartbeat: Heartbeat | None = None
-        self._preprocess: Preprocessor | None = None
+        self._reader: Reader | None = None
+        self._writer: Writer | None = None
+        self._watchdog: Watchdog | None = None
         self._started = time.time()
-        self._drained = True  # the last read emptied the stream
         self.metrics = metrics or Metrics()
         self._core: BatchCore | None = None
+        self._to_write: _queue.Queue[Any] = _queue.Queue(maxsize=8)
 
     # -------------------------------------------------------------- lifecycle
 
@@ -116,64 +121,91 @@ class Worker:
                 result_ttl_s=cfg.data.result_ttl_s,
                 claim_idle_ms=cfg.params.claim_idle_ms,
             )
+        self.queue.check_access()  # a user without EVALSHA, say, fails here, not per write
         self.queue.setup(cfg.data.max_queue_len)
         if self.model is None:
             self.model = load_served_model(cfg)
         else:
             self.model.warmup(cfg.params.batch_size)
         self._core = BatchCore(self.model, cfg.params.top_n, self.stats)
-        self._preprocess = preprocessor(self.model, cfg)
+        self._watchdog = Watchdog(
+            self.queue,
+            claim_idle_ms=cfg.params.claim_idle_ms,
+            batch_timeout_s=cfg.params.batch_timeout_s,
+            on_timeout=self._on_timeout,
+        )
+        watchdog = self._watchdog
+        self._reader = Reader(
+            cfg,
+            self.queue,
+            preprocessor(self.model, cfg),
+            self._core,
+            self.metrics,
+            paused=lambda: watchdog.stuck,
+        )
+        self._writer = Writer(cfg, self.queue, self._core, self.stats, self.metrics)
         if self._redis is not None:
             presence = Presence(self._redis, cfg.data.stream)
-            self._heartbeat = Heartbeat(presence, cfg, self.name, self.stats, started=self._started)
+            self._heartbeat = Heartbeat(
+                presence,
+                cfg,
+                self.name,
+                self.stats,
+                started=self._started,
+                stuck=watchdog.stuck_for_s,
+            )
             # before ``ready`` is set, so whoever sees it sees Redis agree
             self._heartbeat.announce(self.model)
         self.ready = True
         log.info("worker %s ready: %s model %s", self.name, self.model.backend, self.model.path)
         return self
 
+    @property
+    def healthy(self) -> bool:
+        """Ready, and not stuck in a batch past ``params.batch_timeout_s``."""
+        return self.ready and not (self._watchdog is not None and self._watchdog.stuck)
+
     def close(self) -> None:
-        """Free the model and the connection."""
-        if self.model is not None:
+        """Free the model (unless a call is still stuck in it) and the connection."""
+        if self.model is not None and not self.left_stuck:
             self.model.close()
         if self.queue is not None:
             self.queue.close()
 
     def run(self, stop: threading.Event) -> None:
-        """Serve until ``stop`` is set; then finish every record already read and return."""
+        """Serve until ``stop`` is set; then finish every record already read and return.
+
+        With ``leave_when_stuck``, or once ``stop`` is set, a batch stuck past
+        ``params.batch_timeout_s`` is left behind: what can be written is written, and this
+        returns with :attr:`left_stuck` set.
+        """
         if not self.ready:
             self.load()
+        assert self._reader and self._writer and self._watchdog
+        halt = threading.Event()  # stop reading: a stop, a stop request, or leaving stuck
+        written = threading.Event()  # the writer is done: nothing held needs refreshing
         # the hand-overs carry lists (a read's records, a batch's results): one queue
         # operation per list, not per record, which a 10,000 records/s worker feels
         to_batch: _queue.Queue[Any] = _queue.Queue(maxsize=4)  # up to a batch each
-        to_write: _queue.Queue[Any] = _queue.Queue(maxsize=8)
+        to_write = self._to_write = _queue.Queue(maxsize=8)
+        infer = self._thread("infer", self._infer_loop, to_batch, to_write)
         threads = [
-            threading.Thread(
-                target=self._read_loop,
-                args=(stop, to_batch, to_write),
-                name=f"{self.name}-read",
-                daemon=True,
-            ),
-            threading.Thread(
-                target=self._write_loop, args=(to_write,), name=f"{self.name}-write", daemon=True
-            ),
+            self._thread("read", self._reader.loop, halt, to_batch, to_write),
+            self._thread("write", self._writer.loop, to_write, halt, written),
+            self._thread("watch", self._watchdog.loop, written),
         ]
         if self._heartbeat is not None:
-            threads.append(
-                threading.Thread(
-                    target=self._heartbeat.loop,
-                    args=(stop, lambda: self.ready),
-                    name=f"{self.name}-heartbeat",
-                    daemon=True,
-                )
-            )
+            threads.append(self._thread("heartbeat", self._heartbeat.loop, halt, self._healthy))
         self.metrics.worker_started(self.name, self.stats)
-        for t in threads:
+        for t in [infer, *threads]:
             t.start()
         try:
-            self._infer_loop(to_batch, to_write)
+            self._supervise(stop, halt, infer)
         finally:
-            to_write.put(_STOP)
+            halt.set()
+            if infer.is_alive():  # left in a stuck model call: the writer ends without it
+                self._reader.abandoned.set()
+                to_write.put(STOP)
             for t in threads:
                 t.join()
             if self._heartbeat is not None:
@@ -186,179 +218,133 @@ class Worker:
             self.stats.failed,
         )
 
+    def _thread(self, stage: str, target: Any, *args: Any) -> threading.Thread:
+        return threading.Thread(target=target, args=args, name=f"{self.name}-{stage}", daemon=True)
+
+    def _healthy(self) -> bool:
+        return self.healthy
+
+    def _supervise(self, stop: threading.Event, halt: threading.Event, infer: Any) -> None:
+        """Wait for the infer stage; leave it behind when it is stuck and must not be waited
+        for (``leave_when_stuck``, or a stop)."""
+        assert self._watchdog is not None
+        while infer.is_alive():
+            if stop.is_set():
+                halt.set()
+            if self._watchdog.stuck and (self.leave_when_stuck or halt.is_set()):
+                self.left_stuck = True
+                log.error(
+                    "worker %s: leaving a model call stuck for %.1fs (params.batch_timeout_s="
+                    "%g); what was read and not answered is taken over by other workers",
+                    self.name,
+                    self._watchdog.stuck_for_s(),
+                    self.config.params.batch_timeout_s,
+                )
+                return
+            infer.join(0.05)
+
     # -------------------------------------------------------------- stages
 
-    def _read_loop(
-        self, stop: threading.Event, to_batch: _queue.Queue[Any], to_write: _queue.Queue[Any]
-    ) -> None:
-        assert self.queue is not None
-        count = self.config.params.batch_size * 2
-        backoff = 0.1
-        try:
-            while not stop.is_set():
-                try:
-                    entries = self.queue.read(count, block_ms=100)
-                    if backoff > 0.1:  # the first good read after failed ones
-                        log.info("read from %s recovered", self.config.data.stream)
-                    backoff = 0.1
-                    # a short read means Redis has nothing more right now: no point waiting
-                    self._drained = len(entries) < count
-                except Exception as exc:  # broker trouble: back off and try again
-                    log.warning(
-                        "read from %s failed: %s; retrying in %.1fs",
-                        self.config.data.stream,
-                        exc,
-                        backoff,
-                    )
-                    stop.wait(backoff)
-                    backoff = min(backoff * 2, 1.0)
-                    if "NOGROUP" in str(exc):  # a Redis that came back empty
-                        self._try(self.queue.setup)
-                    continue
-                self._decode_all(entries, to_batch, to_write)
-        finally:
-            to_batch.put(_STOP)
-
-    def _decode_all(
-        self, entries: list[Entry], to_batch: _queue.Queue[Any], to_write: _queue.Queue[Any]
-    ) -> None:
-        """Decode a read, handing records to the model a batch at a time (the first batch
-        need not wait for the rest of the read) and failed ones to the writer."""
-        size = self.config.params.batch_size
-        decoded: list[Item] = []
-        failed: list[Item] = []
-        for entry in entries:
-            started = time.perf_counter()
-            item = self._decode(entry)
-            item.decode_s = time.perf_counter() - started
-            self.metrics.record_decode(entry.id, item.decode_s)
-            if item.result is not None:
-                failed.append(item)
-                continue
-            decoded.append(item)
-            if len(decoded) == size:
-                to_batch.put(decoded)
-                decoded = []
-        if decoded:
-            to_batch.put(decoded)
-        if failed:
-            to_write.put(failed)
-
-    @staticmethod
-    def _try(step: Any) -> None:
-        try:
-            step()
-        except Exception as exc:
-            log.warning("%s failed: %s", getattr(step, "__name__", step), exc)
-
-    def _decode(self, entry: Entry) -> Item:
-        assert self._preprocess is not None
-        uri = entry.fields.get(wire.native.F_URI)
-        if uri is None:  # the error result goes where an operator can find it: under the id
-            uri = entry.id
-        item = Item(uri=uri, entry=entry, reply=wire.reply_kind(entry.fields))
-        limit = self.config.params.max_deliveries
-        if entry.deliveries > limit:
-            self._give_up(item, limit)
-            return item
-        try:
-            request = wire.decode_record(
-                entry.fields, item.reply, self.config.data.max_payload_bytes
-            )
-            item.deadline_ms = request.deadline_ms
-            check_deadline(item)
-            item.arrays = self._preprocess(request, by_position=item.reply != wire.NATIVE)
-        except ZooServingError as exc:
-            self._fail(item, exc)
-        except Exception as exc:  # a decoder bug must not take the worker down
-            log.exception("unexpected error decoding %r", uri)
-            self._fail(item, exc)
-        return item
-
-    def _give_up(self, item: Item, limit: int) -> None:
-        """A record delivered too often (it may kill workers): dead-letter it, answer an error."""
-        assert self.queue is not None
-        dead = keys.dead_letter(self.config.data.stream)
-        exc = ServerError(
-            f"record delivered {item.entry.deliveries} times, more than params.max_deliveries="
-            f"{limit} (its workers died or stalled); moved to the dead-letter stream {dead}"
-        )
-        queue = self.queue
-        # the copy must exist before the record is acknowledged
-        _until_done(lambda: queue.dead_letter(item.entry, str(exc)), "dead-lettering a record")
-        self._fail(item, exc)
-
     def _infer_loop(self, to_batch: _queue.Queue[Any], to_write: _queue.Queue[Any]) -> None:
-        assert self._core is not None
-        params = self.config.params
-        max_wait_s = params.max_wait_ms / 1000.0
-        carry: list[Item] = []  # records read and not yet batched
-        done = False
-        while not done or carry:
-            if not carry:
-                got = to_batch.get()
-                if got is _STOP:
+        try:
+            carry: list[Item] = []  # records read and not yet batched
+            done = False
+            while not done or carry:
+                if not carry:
+                    got = to_batch.get()
+                    if got is STOP:
+                        return
+                    carry = got
+                if not carry[0].redelivered:
+                    done = self._fill(carry, to_batch)
+                batch, carry = _take(carry, self.config.params.batch_size)
+                self._serve(batch, to_write)
+                if self.left_stuck:  # back from a call run() left behind: nobody waits
                     return
-                carry = got
-            deadline = time.monotonic() + max_wait_s
-            while len(carry) < params.batch_size and not done:
-                try:
-                    got = to_batch.get_nowait()
-                except _queue.Empty:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or self._drained:
-                        break
-                    try:
-                        got = to_batch.get(timeout=remaining)
-                    except _queue.Empty:
-                        break
-                if got is _STOP:
-                    done = True
-                else:
-                    carry.extend(got)
-            batch, carry = carry[: params.batch_size], carry[params.batch_size :]
-            started = time.time()
-            self._core.serve(batch)
-            self._observe_batch(batch, started)
-            to_write.put(batch)
+        finally:
+            if not self.left_stuck:
+                to_write.put(STOP)
 
-    def _write_loop(self, to_write: _queue.Queue[Any]) -> None:
-        assert self.queue is not None
-        finished = False
-        while not finished:
-            got = to_write.get()
-            if got is _STOP:
-                return
-            pending = list(got)
-            while len(pending) < 512:
+    def _fill(self, carry: list[Item], to_batch: _queue.Queue[Any]) -> bool:
+        """Add what arrives within ``params.max_wait_ms`` to ``carry``, up to a batch; True
+        when the end marker arrived."""
+        assert self._reader is not None
+        size = self.config.params.batch_size
+        deadline = time.monotonic() + self.config.params.max_wait_ms / 1000.0
+        while len(carry) < size:
+            try:
+                got = to_batch.get_nowait()
+            except _queue.Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._reader.drained:
+                    return False
                 try:
-                    got = to_write.get_nowait()
+                    got = to_batch.get(timeout=remaining)
                 except _queue.Empty:
-                    break
-                if got is _STOP:
-                    finished = True
-                    break
-                pending.extend(got)
-            started = time.perf_counter()
-            self._write(pending)
-            self._observe_written(pending, time.perf_counter() - started)
+                    return False
+            if got is STOP:
+                return True
+            carry.extend(got)
+        return False
 
-    def _write(self, items: list[Item]) -> None:
-        assert self.queue is not None
-        stream = self.config.data.stream
-        done = []
-        for i in items:
-            place = wire.result_place(i.reply, stream, i.uri, i.entry.fields)
-            done.append(
-                Completion(i.entry, i.uri, i.result or b"", place.key, place.how, place.claim)
+    def _serve(self, batch: list[Item], to_write: _queue.Queue[Any]) -> None:
+        assert self._core is not None and self._watchdog is not None and self.queue is not None
+        # records taken over by other workers while this one was stuck are theirs now
+        batch = [i for i in batch if self.queue.holds(i.entry)]
+        if not batch:
+            return
+        counts = Counts()
+        started = time.time()
+        running = self._watchdog.begin(batch)
+        self._core.serve(batch, counts)
+        if self._watchdog.end(running):
+            log.warning(
+                "worker %s: the model returned from the batch given up on after %.1fs; its "
+                "results are dropped, the worker serves again",
+                self.name,
+                time.monotonic() - running.started,
             )
-        queue = self.queue
-        # keep the results until Redis takes them
-        _until_done(lambda: queue.complete(done), f"writing {len(done)} results")
+            self._watchdog.refresh()  # and learns which records are no longer its own
+            return
+        self.stats.add_counts(counts)
+        self._observe_batch(batch, started)
+        to_write.put(batch)
 
-    def _fail(self, item: Item, exc: BaseException) -> None:
-        assert self._core is not None
-        self._core.fail(item, exc)
+    def _on_timeout(self, running: Running) -> None:
+        """A batch ran past ``params.batch_timeout_s`` (called in the watchdog's thread)."""
+        assert self._core is not None and self.queue is not None
+        limit = self.config.params.batch_timeout_s
+        items: list[Item] = list(running.items)
+        if len(items) == 1:
+            item = items[0]
+            # a copy: the stuck call may still set the original's result when it returns
+            answer = Item(uri=item.uri, entry=item.entry, reply=item.reply)
+            self._core.fail(
+                answer,
+                BatchTimeoutError(
+                    f"the model ran longer than params.batch_timeout_s={limit:g}s on this "
+                    "record, alone in its batch; it was given up on"
+                ),
+            )
+            self._to_write.put([answer])
+            log.error(
+                "worker %s: the model ran over params.batch_timeout_s=%gs on record uri=%s "
+                "alone: answered with a batch_timeout error; the worker is stuck",
+                self.name,
+                limit,
+                item.uri.decode("utf-8", "replace"),
+            )
+            return
+        self.queue.release([i.entry for i in items])
+        log.error(
+            "worker %s: a batch of %d records ran over params.batch_timeout_s=%gs: given up; "
+            "its records are retried one at a time after params.claim_idle_ms=%d; the worker "
+            "is stuck",
+            self.name,
+            len(items),
+            limit,
+            self.config.params.claim_idle_ms,
+        )
 
     # -------------------------------------------------------------- metrics
 
@@ -375,22 +361,17 @@ class Worker:
             item.answered_at = answered
         self.metrics.record_batch(len(batch), decode_s, infer_s, post_s)
 
-    def _observe_written(self, items: list[Item], write_s: float) -> None:
-        written = time.perf_counter()
-        # records failed before batching were never timed
-        self.stats.add_written(sum(written - i.answered_at for i in items if i.answered_at))
-        self.stats.recent.add(len(items))
-        self.metrics.record_written(len(items), write_s)
 
-
-def _until_done(step: Any, what: str) -> None:
-    """Run ``step`` until it succeeds, backing off (0.1 s doubling to 1 s) while Redis is away."""
-    backoff = 0.1
-    while True:
-        try:
-            step()
-            return
-        except Exception as exc:
-            log.warning("%s failed: %s; retrying in %.1fs", what, exc, backoff)
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 1.0)
+def _take(carry: list[Item], size: int) -> tuple[list[Item], list[Item]]:
+    """The next batch out of ``carry`` and what is left: a redelivered record alone, else up
+    to ``size`` first deliveries."""
+    if carry[0].redelivered:
+        return carry[:1], carry[1:]
+    batch: list[Item] = []
+    rest: list[Item] = []
+    for item in carry:
+        if len(batch) < size and not item.redelivered:
+            batch.append(item)
+        else:
+            rest.append(item)
+    return batch, rest
