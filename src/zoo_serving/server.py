@@ -15,6 +15,7 @@ from typing import Any
 
 from .backends.preflight import model_identity
 from .broker import presence
+from .broker.access import check_access, server_commands
 from .broker.connection import connect, redis_url
 from .broker.embedded import ManagedRedis, embedded_owner, port_answers
 from .config import Config, load_config
@@ -145,6 +146,11 @@ class Server:
         cfg = self.config
         if not cfg.model.path:
             return
+        client = connect(cfg.data)
+        try:  # a user who may not touch the claim gets the ACL rule, not a raw NOPERM
+            check_access(client, server_commands(cfg.data.stream))
+        finally:
+            client.close()
         identity = model_identity(cfg.model.path, cfg.model.backend)
         body = {
             "model": f"{identity['backend']}:{identity['sha256']}",

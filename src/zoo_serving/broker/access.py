@@ -40,6 +40,11 @@ def worker_commands(
         ("XADD", keys.dead_letter(stream), "*", "zs_reason", "access check"),
         ("DEL", result),
         ("RPUSH", result, "x"),
+        # private results (predict, HTTP) and the claim a uri holds while its record is out
+        ("RPUSH", keys.reply(stream, "zs-access-check").decode(), "x"),
+        ("PEXPIRE", keys.reply(stream, "zs-access-check").decode(), "1"),
+        ("GET", keys.uri_claim(stream, "zs-access-check").decode()),
+        ("DEL", keys.uri_claim(stream, "zs-access-check").decode()),
         ("RPUSH", finished, "x"),
         ("LTRIM", finished, "0", "0"),
         ("PEXPIRE", result, "1"),
@@ -59,6 +64,16 @@ def worker_commands(
         commands.append(("SCRIPT", "LOAD", source))
         commands.append(("EVALSHA", sha, "2", stream, finished))
     return commands
+
+
+def server_commands(stream: str) -> list[tuple[str, ...]]:
+    """What a server sends on its own, before any worker: its claim on ``stream``."""
+    servers = keys.servers(stream)
+    return [
+        ("EVAL", "return 0", "1", servers),
+        ("HGETALL", servers),
+        ("HDEL", servers, "zs-access-check"),
+    ]
 
 
 def check_access(client: Any, commands: Sequence[tuple[str, ...]]) -> None:
@@ -129,6 +144,6 @@ def _key(command: tuple[str, ...]) -> str:
         return command[-2]
     if command[0] == "XGROUP":
         return command[2]
-    if command[0] == "EVALSHA":
+    if command[0] in ("EVALSHA", "EVAL"):
         return command[3]
     return command[1]

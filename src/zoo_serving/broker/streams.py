@@ -286,7 +286,10 @@ class RedisStreamQueue(Queue):
         keys_: list[Any] = [self.stream, self._finished_key]
         args: list[Any] = [self.group, self.result_ttl_ms, FINISHED_MAX]
         for c in done:
-            keys_.extend((c.key, c.claim or c.key))
+            claim = c.claim
+            if claim is None:  # a listed result's uri claim is this stream's, whoever built it
+                claim = keys.uri_claim(self.stream, c.uri) if c.how == keys.AS_LIST else c.key
+            keys_.extend((c.key, claim))
             args.extend((c.entry.id, c.value, c.uri, _HOW[c.how]))
         written = int(self._complete(keys=keys_, args=args))
         self._drop(c.entry.id for c in done)
