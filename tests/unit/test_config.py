@@ -375,6 +375,9 @@ def test_default_config_text_with_model_path_loads_from_file(tmp_path: Path) -> 
 def test_model_path_or_repository_not_both_nor_neither(tmp_path: Path) -> None:
     cfg = load_config({"model": {"repository": str(tmp_path)}})
     assert cfg.model.repository == str(tmp_path) and cfg.model.path is None
+    (tmp_path / "app").mkdir()
+    path = _write(tmp_path / "app", "model:\n  repository: models\n")
+    assert load_config(path).model.repository == str(tmp_path.resolve() / "app" / "models")
     with pytest.raises(ConfigError, match="model.repository") as err:
         load_config({"model": {"path": "a", "repository": "b"}})
     assert err.value.details["key"] == "model.repository"

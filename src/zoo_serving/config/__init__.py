@@ -192,10 +192,13 @@ def load_config(
 
 
 def _beside(model: ModelConfig, base: str) -> ModelConfig:
-    """``model.path`` given relative is relative to the config file, not to where the command
-    runs (``zoo-serve -c other/config.yaml`` and the background server agree)."""
-    if model.path and not os.path.isabs(model.path):
-        return dataclasses.replace(model, path=os.path.join(base, model.path))
+    """``model.path`` and ``model.repository`` given relative are relative to the config file,
+    not to where the command runs (``zoo-serve -c other/config.yaml`` and the background server
+    agree)."""
+    for key in ("path", "repository"):
+        value = getattr(model, key)
+        if value and not os.path.isabs(value):
+            model = dataclasses.replace(model, **{key: os.path.join(base, value)})
     return model
 
 
