@@ -125,3 +125,9 @@ def wanted_gen(base: str) -> str:
     """Integer bumped at every change of :func:`wanted` (or the index): workers re-read the
     wanted state when it moves."""
     return f"{PREFIX}:{{{base}}}:wanted_gen"
+
+
+def model_states(base: str) -> str:
+    """Hash worker name -> JSON of the models that worker holds (state, versions, memory, load
+    seconds, evictions, last error): what ``zoo-serve models list`` and /metrics show."""
+    return f"{PREFIX}:{{{base}}}:model_states"

@@ -21,6 +21,7 @@ from .broker.embedded import ManagedRedis, embedded_owner, port_answers
 from .config import Config, load_config
 from .errors import ServerError
 from .observe.metrics import Metrics
+from .repository.control import RepositoryController
 from .runners import Runner, create_runner
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class Server:
         #: the claims of other live servers with the same model this one joined at start
         self.peers: list[dict[str, Any]] = []
         self._claim: _Claim | None = None
+        self.repository: RepositoryController | None = None  # the models' index and wants
         self._log_handler: logging.Handler | None = None
         self._stopped = threading.Event()
 
@@ -90,6 +92,8 @@ class Server:
         try:
             self._resolve_redis()
             self._claim_stream()
+            self.repository = RepositoryController(self.config, connect(self.config.data))
+            self.repository.start()
             if self.config.http.port:  # up first: /v2/health/ready tells when workers are
                 from .http import serve_http
 
@@ -218,6 +222,10 @@ class Server:
             if self.metrics is not None:
                 self.metrics.close()
         finally:
+            if self.repository is not None:
+                self.repository.stop()
+                self.repository.control.redis.close()
+                self.repository = None
             if self._claim is not None:
                 self._claim.release()
                 self._claim = None

@@ -124,6 +124,15 @@ def scan_model(folder: Path, defaults: ModelSettings) -> RepoModel:
     return RepoModel(folder.name, folder, settings, versions, problems)
 
 
+def served_name(config: Config) -> str:
+    """The name of the model ``model.path`` serves: ``http.model_name``, else the name of the
+    model file (without suffix) or directory."""
+    if config.http.model_name:
+        return config.http.model_name
+    path = Path(config.model.path or "model")
+    return path.stem if path.suffix else path.name
+
+
 def single_model(config: Config, name: str) -> dict[str, RepoModel]:
     """``model.path`` as a repository of one model, version 1, with the config's settings."""
     path = Path(config.model.path or "")

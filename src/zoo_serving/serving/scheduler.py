@@ -45,7 +45,8 @@ class Lane:
     closed: bool = False
 
     def ready(self, now: float) -> bool:
-        if not self.pending:
+        # one batch of a model at a time: its worker times one batch, as its own thread would
+        if not self.pending or self.running:
             return False
         if len(self.pending) >= self.batch_size or self.drained:
             return True
@@ -56,14 +57,18 @@ class Lane:
         return self.arrived[0] + self.max_wait_s if self.pending else None
 
     def take(self) -> list[Any]:
-        """Up to a batch of records of one version, oldest first."""
+        """Up to a batch of records of one version, oldest first; a record delivered before
+        (its worker died or gave up on it) runs alone."""
         first = self.pending[0]
+        if getattr(first, "redelivered", False):
+            self.arrived.popleft()
+            return [self.pending.popleft()]
         version = getattr(first, "version", None)
         batch: list[Any] = []
         keep: list[tuple[Any, float]] = []
         while self.pending and len(batch) < self.batch_size:
             item, at = self.pending.popleft(), self.arrived.popleft()
-            if getattr(item, "version", None) == version:
+            if getattr(item, "version", None) == version and not getattr(item, "redelivered", 0):
                 batch.append(item)
             else:
                 keep.append((item, at))
@@ -138,6 +143,26 @@ class Scheduler:
                 if drained and lane.pending:
                     self._cond.notify()
 
+    def wait_idle(self, name: str, timeout_s: float | None = None) -> bool:
+        """Block until model ``name`` has nothing waiting or running; True when it has not."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                lane = self._lanes.get(name)
+                if lane is None or (not lane.pending and not lane.running):
+                    return True
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+                self._cond.wait(0.05)
+
+    def holds_version(self, name: str, version: int) -> bool:
+        """Whether records of model ``name`` waiting for a slot run on ``version``."""
+        with self._cond:
+            lane = self._lanes.get(name)
+            return lane is not None and any(
+                getattr(item, "version", None) == version for item in lane.pending
+            )
+
     def waiting(self, name: str) -> int:
         """Records of model ``name`` waiting for a slot."""
         lane = self._lanes.get(name)
@@ -172,7 +197,7 @@ class Scheduler:
         with self._cond:
             lane.running -= 1
             lane.served_s += seconds / lane.weight
-            self._cond.notify()
+            self._cond.notify_all()
 
     def stop(self) -> None:
         """Slots finish what is waiting, then :meth:`next_batch` answers None."""
