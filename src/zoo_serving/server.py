@@ -21,6 +21,7 @@ from .broker.embedded import ManagedRedis, embedded_owner, port_answers
 from .config import Config, load_config
 from .errors import ServerError
 from .observe.metrics import Metrics
+from .repository.api import Models
 from .repository.control import RepositoryController
 from .runners import Runner, create_runner
 
@@ -64,6 +65,17 @@ class Server:
     def url(self) -> str:
         """The Redis URL the workers use."""
         return redis_url(self.config.data)
+
+    @property
+    def models(self) -> Models:
+        """Load, unload and list this server's models (see :class:`~.repository.api.Models`).
+
+        Raises:
+            ServerError: the server is not started.
+        """
+        if self.repository is None:
+            raise ServerError("the server is not started: start it before managing its models")
+        return Models(self.repository.control.redis, self.config.data.stream)
 
     @property
     def urls(self) -> dict[str, str]:

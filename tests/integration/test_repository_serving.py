@@ -6,39 +6,21 @@ ONNX Runtime computes for the same input, and says which model and version gave 
 
 from __future__ import annotations
 
+import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
+from helpers import answer_of as answer
+from helpers import scale_direct as direct
+from helpers import scale_model
 from zoo_serving import InputQueue, Server, keys
 from zoo_serving.broker.control import ModelControl
-from zoo_serving.errors import VersionUnavailableError
-from zoo_serving.wire.native import decode_full
-
-
-def scale_model(path: Path, factor: float) -> Path:
-    """A real ONNX model: ``y = x * factor`` on ``x`` of shape [N, 4]."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
-    k = numpy_helper.from_array(np.full((4,), factor, np.float32), "k")
-    graph = helper.make_graph([helper.make_node("Mul", ["x", "k"], ["y"])], "s", [x], [y], [k])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
-
-
-def direct(path: Path, x: np.ndarray) -> np.ndarray:
-    """What ONNX Runtime itself computes for ``x``."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x[None]})[0][0]
+from zoo_serving.errors import ConfigError, ModelError, VersionUnavailableError
 
 
 @pytest.fixture
@@ -65,12 +47,6 @@ def config(repo: Path, redis_url: str, stream: str, tmp_path: Path, **extra: Any
     return raw
 
 
-def answer(db: Any, stream: str, uri: str, timeout_s: float = 30) -> Any:
-    reply = db.blpop([keys.result(stream, uri)], timeout=timeout_s)
-    assert reply is not None, f"no result for {uri} on {stream}"
-    return decode_full(reply[1])
-
-
 def test_each_model_serves_its_stream_and_names_model_and_version(
     repo: Path, redis_url: str, redis_client: Any, stream: str, tmp_path: Path
 ) -> None:
@@ -91,11 +67,167 @@ def test_each_model_serves_its_stream_and_names_model_and_version(
             old.enqueue("n-old", t=x)
             got = answer(redis_client, index["neg"]["stream"], "n-old")
             assert (got.model, got.version) == ("neg", 1)
-        with InputQueue(url=redis_url, name=stream, model="neg", version=7) as missing:
-            with pytest.raises(VersionUnavailableError, match="version 7"):
-                missing.predict(x)
+        with (
+            InputQueue(url=redis_url, name=stream, model="neg", version=7) as missing,
+            pytest.raises(VersionUnavailableError, match="version 7"),
+        ):
+            missing.predict(x)
         with InputQueue(url=redis_url, name=stream, model="double") as named:
             named.enqueue("d", t=x)
             got = answer(redis_client, stream, "d")
             assert (got.model, got.version) == ("double", 1)
             np.testing.assert_allclose(got.value, direct(repo / "double/1/m.onnx", x))
+
+
+class Load:
+    """Records sent to a model's stream the whole time, each checked on its way back."""
+
+    def __init__(self, redis_url: str, base: str, model: str, pause_s: float = 0.002) -> None:
+        self.queue = InputQueue(url=redis_url, name=base, model=model)
+        self.sent: list[tuple[str, np.ndarray]] = []
+        self.pause_s = pause_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._send, daemon=True)
+
+    def _send(self) -> None:
+        rng = np.random.default_rng(0)
+        while not self._stop.is_set():
+            x = rng.normal(size=4).astype(np.float32)
+            uri = f"r{len(self.sent)}"
+            self.queue.enqueue(uri, t=x)
+            self.sent.append((uri, x))
+            time.sleep(self.pause_s)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.queue.close()
+
+
+def test_a_new_version_is_swapped_in_under_load_and_no_record_is_lost(
+    tmp_path: Path, redis_url: str, redis_client: Any, stream: str
+) -> None:
+    root = tmp_path / "models"
+    scale_model(root / "double" / "1" / "m.onnx", 2.0)
+    cfg = config(root, redis_url, stream, tmp_path, **{"repository.control": "poll"})
+    cfg["repository"]["poll_s"] = 0.2
+    with Server(cfg) as server, Load(redis_url, stream, "double") as load:
+        time.sleep(0.5)
+        # a version copied in the way tools do it: written under another name first
+        staging = tmp_path / "staging" / "m.onnx"
+        scale_model(staging, 3.0)
+        (root / "double" / "2").mkdir()
+        shutil.copy(staging, root / "double" / "2" / "m.onnx")
+        server.models.get("double")
+        deadline = time.monotonic() + 30
+        while server.models.get("double").workers:
+            states = list(server.models.get("double").workers.values())
+            if states and states[0].get("current") == 2:
+                break
+            assert time.monotonic() < deadline, f"version 2 never served: {states}"
+            time.sleep(0.1)
+        time.sleep(0.5)
+    factors = {1: 2.0, 2: 3.0}
+    seen = []
+    for uri, x in load.sent:
+        got = answer(redis_client, stream, uri, timeout_s=10)
+        assert got.model == "double", (uri, got)
+        np.testing.assert_allclose(got.value, x * factors[got.version], rtol=1e-6)
+        seen.append(got.version)
+    assert 1 in seen and 2 in seen, "the load never spanned the swap"
+    assert seen == sorted(seen), "a record after the switch ran on the old version"
+    assert redis_client.xpending(stream, "serving")["pending"] == 0
+    assert redis_client.xlen(keys.dead_letter(stream)) == 0
+
+
+def test_explicit_load_and_unload_keep_queued_records_and_lose_none(
+    repo: Path, redis_url: str, redis_client: Any, stream: str, tmp_path: Path
+) -> None:
+    cfg = config(repo, redis_url, stream, tmp_path, **{"repository.control": "explicit"})
+    cfg["repository"]["load"] = ["double"]
+    neg_stream = keys.model_stream(stream, "neg")
+    xs = np.random.default_rng(1).normal(size=(6, 4)).astype(np.float32)
+    with Server(cfg) as server:
+        assert server.models.get("neg").state == "unloaded"
+        with InputQueue(url=redis_url, name=stream, model="neg") as neg:
+            for i, x in enumerate(xs[:3]):
+                neg.enqueue(f"q{i}", t=x)
+            time.sleep(0.5)
+            assert redis_client.xlen(neg_stream) == 3  # queued, waiting for a load
+            assert not redis_client.exists(keys.result(neg_stream, "q0"))
+            info = server.models.load("neg", [1], wait_s=60)
+            assert info.state == "ready" and info.wanted_versions == [1]
+            for i, x in enumerate(xs[:3]):
+                got = answer(redis_client, neg_stream, f"q{i}")
+                assert (got.model, got.version) == ("neg", 1)
+                np.testing.assert_allclose(got.value, direct(repo / "neg/1/m.onnx", x))
+            server.models.unload("neg", wait_s=60)
+            for i, x in enumerate(xs[3:], start=3):
+                neg.enqueue(f"q{i}", t=x)
+            time.sleep(0.5)
+            assert redis_client.xlen(neg_stream) == 3  # unloaded: they wait, none lost
+            server.models.load("neg", wait_s=60)  # its policy: every version, newest serves
+            for i, x in enumerate(xs[3:], start=3):
+                got = answer(redis_client, neg_stream, f"q{i}")
+                assert (got.model, got.version) == ("neg", 2)
+                np.testing.assert_allclose(got.value, direct(repo / "neg/2/m.onnx", x))
+        with pytest.raises(ModelError, match="no version 9"):
+            server.models.load("neg", [9])
+        with pytest.raises(ModelError, match="no model 'nope'"):
+            server.models.load("nope")
+    assert redis_client.xpending(neg_stream, "serving")["pending"] == 0
+
+
+def test_load_and_unload_need_explicit_control(
+    repo: Path, redis_url: str, stream: str, tmp_path: Path
+) -> None:
+    with Server(config(repo, redis_url, stream, tmp_path)) as server:
+        with pytest.raises(ConfigError, match="repository.control") as err:
+            server.models.unload("neg")
+        assert err.value.details["key"] == "repository.control"
+        assert server.models.get("neg").state == "ready"  # nothing changed
+
+
+def test_a_memory_budget_evicts_idle_models_and_loads_them_again_on_demand(
+    tmp_path: Path, redis_url: str, redis_client: Any, stream: str
+) -> None:
+    root = tmp_path / "models"
+    factors = {"a": 2.0, "b": 3.0, "c": 5.0, "d": 7.0}
+    for name, factor in factors.items():
+        scale_model(root / name / "1" / "m.onnx", factor)
+        (root / name / "model.yaml").write_text("memory: 100m\n")  # counted at least this
+    (root / "d" / "model.yaml").write_text("memory: 100m\npinned: y\n")
+    cfg = config(root, redis_url, stream, tmp_path, **{"params.memory_budget": "250m"})
+    cfg["repository"]["default"] = "a"
+    rng = np.random.default_rng(2)
+    sent: list[tuple[str, str, np.ndarray]] = []
+    with Server(cfg) as server:
+        # four models of 100m, a budget of 250m: at start two fit (one of them pinned)
+        loaded = [m.name for m in server.models.describe() if m.state == "ready"]
+        assert len(loaded) == 2 and "d" in loaded, loaded
+        queues = {n: InputQueue(url=redis_url, name=stream, model=n) for n in factors}
+        try:
+            for step in range(40):  # random traffic over every model
+                name = str(rng.choice(list(factors)))
+                x = rng.normal(size=4).astype(np.float32)
+                uri = f"{name}-{step}"
+                queues[name].enqueue(uri, t=x)
+                sent.append((name, uri, x))
+                if step % 5 == 4:
+                    time.sleep(0.3)
+            index = ModelControl(redis_client, stream).index()
+            for name, uri, x in sent:
+                got = answer(redis_client, index[name]["stream"], uri)
+                assert got.model == name
+                np.testing.assert_allclose(got.value, x * factors[name], rtol=1e-6)
+        finally:
+            for q in queues.values():
+                q.close()
+        workers = {m.name: next(iter(m.workers.values()), {}) for m in server.models.describe()}
+    assert workers["d"].get("evictions", 0) == 0, "a pinned model was evicted"
+    assert sum(w.get("evictions", 0) for w in workers.values()) >= 2, workers
+    assert sum(w.get("loads", 0) for w in workers.values()) >= 4, workers

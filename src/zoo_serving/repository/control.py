@@ -56,6 +56,7 @@ def index_entry(config: Config, model: RepoModel, default: str | None) -> dict[s
             str(n): {"path": str(v.path), "backend": v.backend} for n, v in model.versions.items()
         },
         "policy": model.settings.versions.text(),
+        "control": config.repository.control if config.model.repository else "static",
         "settings": settings,
         "problems": model.problems,
     }

@@ -93,8 +93,8 @@ class ModelState:
 
     @property
     def cost(self) -> int:
-        """Memory counted against the budget: measured, else estimated."""
-        return self.memory or self.estimate
+        """Memory counted against the budget: as measured, at least the model's estimate."""
+        return max(self.memory, self.estimate)
 
     def wants_retry(self, versions: list[int]) -> bool:
         """A failed or unloaded model loads again, unless it is the same versions that failed."""
