@@ -6,6 +6,7 @@ ONNX Runtime computes for the same input, and says which model and version gave 
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -231,3 +232,71 @@ def test_a_memory_budget_evicts_idle_models_and_loads_them_again_on_demand(
     assert workers["d"].get("evictions", 0) == 0, "a pinned model was evicted"
     assert sum(w.get("evictions", 0) for w in workers.values()) >= 2, workers
     assert sum(w.get("loads", 0) for w in workers.values()) >= 4, workers
+
+
+def test_the_http_door_routes_by_model_and_version_and_manages_the_repository(
+    repo: Path, redis_url: str, stream: str, tmp_path: Path
+) -> None:
+    import httpx
+
+    from zoo_serving.broker.embedded import free_port
+
+    port = free_port()
+    cfg = config(repo, redis_url, stream, tmp_path, **{"repository.control": "explicit"})
+    cfg["repository"]["load"] = ["double"]
+    cfg["http"] = {"port": port}
+    x = np.random.default_rng(4).normal(size=4).astype(np.float32)
+
+    def v2(tensor: np.ndarray) -> dict:
+        body = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": tensor.tolist()}
+        return {"inputs": [body]}
+
+    def states(client: httpx.Client) -> dict:
+        index = client.post("/v2/repository/index").json()
+        return {(m["name"], m["version"]): m["state"] for m in index}
+
+    with Server(cfg), httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        assert "model_repository" in client.get("/v2").json()["extensions"]
+        assert states(client) == {
+            ("double", "1"): "READY",
+            ("neg", "1"): "UNAVAILABLE",
+            ("neg", "2"): "UNAVAILABLE",
+        }
+        assert client.post("/v2/models/neg/infer", json=v2(x)).status_code == 503
+        assert client.post("/v2/repository/models/neg/load").status_code == 200
+        assert states(client)[("neg", "2")] == "READY"
+        newest = client.post("/v2/models/neg/infer", json=v2(x)).json()
+        assert newest["model_name"] == "neg"
+        np.testing.assert_allclose(
+            newest["outputs"][0]["data"], direct(repo / "neg/2/m.onnx", x), rtol=1e-6
+        )
+        old = client.post("/v2/models/neg/versions/1/infer", json=v2(x)).json()
+        np.testing.assert_allclose(
+            old["outputs"][0]["data"], direct(repo / "neg/1/m.onnx", x), rtol=1e-6
+        )
+        meta = client.get("/v2/models/neg").json()
+        assert meta["name"] == "neg" and meta["versions"] == ["1", "2"]
+
+        def predicted(body: dict) -> np.ndarray:
+            answer = client.post("/predict", json=body).json()["predictions"][0]
+            return np.asarray(json.loads(json.loads(answer)["value"])["data"])
+
+        instances = [{"x": x.tolist()}]
+        np.testing.assert_allclose(
+            predicted({"model": "neg", "instances": instances}),
+            direct(repo / "neg/2/m.onnx", x),
+            rtol=1e-6,
+        )
+        np.testing.assert_allclose(
+            predicted({"instances": instances}), direct(repo / "double/1/m.onnx", x), rtol=1e-6
+        )
+        missing = client.post("/v2/repository/models/nope/load")
+        assert (missing.status_code, missing.json()["code"]) == (404, "no_model")
+        bad_version = client.post(
+            "/v2/repository/models/neg/load", json={"parameters": {"versions": [9]}}
+        )
+        assert bad_version.status_code == 400 and "no version 9" in bad_version.json()["error"]
+        assert client.post("/v2/repository/models/neg/unload").status_code == 200
+        assert states(client)[("neg", "2")] == "UNAVAILABLE"
+        ready_only = client.post("/v2/repository/index", json={"ready": True}).json()
+        assert [m["name"] for m in ready_only] == ["double"]
