@@ -300,3 +300,33 @@ def test_the_http_door_routes_by_model_and_version_and_manages_the_repository(
         assert states(client)[("neg", "2")] == "UNAVAILABLE"
         ready_only = client.post("/v2/repository/index", json={"ready": True}).json()
         assert [m["name"] for m in ready_only] == ["double"]
+
+
+def test_zoo_serve_models_and_status_per_model(
+    repo: Path, redis_url: str, stream: str, tmp_path: Path, capsys: Any
+) -> None:
+    import yaml
+
+    from zoo_serving.cli import main as zoo_serve
+
+    cfg = config(repo, redis_url, stream, tmp_path, **{"repository.control": "explicit"})
+    cfg["repository"]["load"] = ["double"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with Server(cfg):
+        capsys.readouterr()
+        assert zoo_serve(["models", "list", "--json", "-c", str(path)]) == 0
+        listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+        assert listed["double"]["state"] == "ready" and listed["neg"]["state"] == "unloaded"
+        assert zoo_serve(["models", "load", "neg", "--versions", "1", "-c", str(path)]) == 0
+        assert "model neg: ready" in capsys.readouterr().out
+        assert zoo_serve(["status", "--json", "-c", str(path)]) == 0
+        models = {m["name"]: m for m in json.loads(capsys.readouterr().out)["models"]}
+        assert models["neg"]["serving"] == [1] and models["neg"]["ready"]
+        assert models["double"]["default"] and models["double"]["stream"] == stream
+        assert zoo_serve(["models", "unload", "neg", "-c", str(path)]) == 0
+        assert zoo_serve(["models", "list", "-c", str(path)]) == 0
+        text = capsys.readouterr().out
+        assert "neg: unloaded, not wanted" in text and "double (default): ready" in text
+        assert zoo_serve(["models", "load", "nope", "-c", str(path)]) == 3
+        assert "no model 'nope'" in capsys.readouterr().err
