@@ -324,6 +324,10 @@ def test_zoo_serve_models_and_status_per_model(
         models = {m["name"]: m for m in json.loads(capsys.readouterr().out)["models"]}
         assert models["neg"]["serving"] == [1] and models["neg"]["ready"]
         assert models["double"]["default"] and models["double"]["stream"] == stream
+        bench = ["bench", "--model", "neg", "--clients", "2", "--duration", "1", "--warmup", "0.2"]
+        assert zoo_serve([*bench, "--json", str(tmp_path / "b.json"), "-c", str(path)]) == 0
+        report = json.loads((tmp_path / "b.json").read_text())
+        assert report["model"] == "neg" and report["points"][0]["answered"] > 0
         assert zoo_serve(["models", "unload", "neg", "-c", str(path)]) == 0
         assert zoo_serve(["models", "list", "-c", str(path)]) == 0
         text = capsys.readouterr().out
