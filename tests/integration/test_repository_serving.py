@@ -327,7 +327,7 @@ def test_zoo_serve_models_and_status_per_model(
         bench = ["bench", "--model", "neg", "--clients", "2", "--duration", "1", "--warmup", "0.2"]
         assert zoo_serve([*bench, "--json", str(tmp_path / "b.json"), "-c", str(path)]) == 0
         report = json.loads((tmp_path / "b.json").read_text())
-        assert report["model"] == "neg" and report["points"][0]["answered"] > 0
+        assert report["model_name"] == "neg" and report["points"][0]["answered"] > 0
         assert zoo_serve(["models", "unload", "neg", "-c", str(path)]) == 0
         assert zoo_serve(["models", "list", "-c", str(path)]) == 0
         text = capsys.readouterr().out

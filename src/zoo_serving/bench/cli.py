@@ -157,7 +157,7 @@ def _meta(
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         "stream": cfg.data.stream,
-        "model": getattr(args, "model", None),
+        "model_name": getattr(args, "model", None),
         "url": safe_url(redis_url(cfg.data)),
         "model": info,
         "config": {
