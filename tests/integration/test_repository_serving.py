@@ -21,7 +21,12 @@ from helpers import scale_direct as direct
 from helpers import scale_model
 from zoo_serving import InputQueue, Server, keys
 from zoo_serving.broker.control import ModelControl
-from zoo_serving.errors import ConfigError, ModelError, VersionUnavailableError
+from zoo_serving.errors import (
+    ConfigError,
+    ModelError,
+    ModelUnloadedError,
+    VersionUnavailableError,
+)
 
 
 @pytest.fixture
@@ -334,3 +339,18 @@ def test_zoo_serve_models_and_status_per_model(
         assert "neg: unloaded, not wanted" in text and "double (default): ready" in text
         assert zoo_serve(["models", "load", "nope", "-c", str(path)]) == 3
         assert "no model 'nope'" in capsys.readouterr().err
+
+
+def test_on_unload_fail_answers_an_unloaded_models_records_with_an_error(
+    repo: Path, redis_url: str, redis_client: Any, stream: str, tmp_path: Path
+) -> None:
+    cfg = config(repo, redis_url, stream, tmp_path, **{"repository.control": "explicit"})
+    cfg["repository"].update(load=["double", "neg"], on_unload="fail")
+    x = np.ones(4, np.float32)
+    with Server(cfg) as server, InputQueue(url=redis_url, name=stream, model="neg") as neg:
+        np.testing.assert_allclose(neg.predict(x, timeout=30), direct(repo / "neg/2/m.onnx", x))
+        server.models.unload("neg", wait_s=60)
+        with pytest.raises(ModelUnloadedError, match="model 'neg' is unloaded"):
+            neg.predict(x, timeout=30)
+        server.models.load("neg", wait_s=60)
+        np.testing.assert_allclose(neg.predict(x, timeout=30), direct(repo / "neg/2/m.onnx", x))

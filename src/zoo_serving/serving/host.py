@@ -31,6 +31,7 @@ from ..observe.stats import WorkerStats
 from .budget import MemoryBudget
 from .loading import ModelTable
 from .models import rss_bytes, slot_count
+from .refuser import Refuser
 from .scheduler import Scheduler
 from .worker import Worker
 
@@ -76,6 +77,7 @@ class ModelHost:
         self._gen = -1
         self._wanted: dict[str, dict[str, Any]] = {}
         self._published = 0.0
+        self._refusers: dict[str, Refuser] = {}
         self.table = ModelTable(config, self.slots, self.scheduler, self.metrics, leave_when_stuck)
         self.budget = MemoryBudget(
             self.table, config.params.memory_budget, self._wanted_versions, lambda: self._redis
@@ -130,6 +132,8 @@ class ModelHost:
                 names = list(self.table.models)
             for name in names:
                 self.table.unload(name, reason="stopping")
+            for refuser in self._refusers.values():
+                refuser.stop()
             self.scheduler.stop()
             for t in slots:
                 t.join(5 if self.left_stuck else None)
@@ -196,9 +200,19 @@ class ModelHost:
                     if state.state == "evicted":
                         state.state = "unloaded"
                         continue
-                    threading.Thread(
-                        target=self.table.unload, args=(name, "unloaded"), daemon=True
-                    ).start()
+                    threading.Thread(target=self._unload, args=(name,), daemon=True).start()
+            for name in [n for n in self._refusers if n in targets]:
+                self._refusers.pop(name).stop()  # wanted again: its records wait for the load
+
+    def _unload(self, name: str) -> None:
+        """Unload a model no longer wanted; with ``repository.on_unload: fail``, answer its
+        records with an error from then on."""
+        self.table.unload(name, "unloaded")
+        state = self.table.models.get(name)
+        if self.config.repository.on_unload == "fail" and state is not None:
+            with self.table.lock:
+                if name not in self._refusers and state.state == "unloaded":
+                    self._refusers[name] = Refuser(self.config, name, state.stream).start()
 
     def _wanted_versions(self, name: str) -> list[int] | None:
         """The versions model ``name`` should be loaded in; None when it is not wanted."""
