@@ -6,12 +6,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from zoo_serving import keys
 from zoo_serving.backends.base import TensorSpec
 from zoo_serving.serving.preprocess import Preprocessor
-from zoo_serving.wire.native import RawInput
+from zoo_serving.wire.native import RawInput, decode_full
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -69,6 +71,7 @@ PLUGIN_BACKENDS = '''
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from zoo_serving.backends.onnx_runtime import OnnxModel
 
@@ -218,3 +221,38 @@ def _sentinel_class() -> type:
 
 def _Sentinel(slow_iters: int, hang_iters: int) -> object:  # noqa: N802 - a class, built lazily
     return _sentinel_class()(slow_iters, hang_iters)
+
+
+# ------------------------------------------------------------------ model repositories
+
+
+def scale_model(path: Path, factor: float) -> Path:
+    """A real ONNX model: ``y = x * factor`` on ``x`` of shape [N, 4]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    k = numpy_helper.from_array(np.full((4,), factor, np.float32), "k")
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "k"], ["y"])], "s", [x], [y], [k])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def scale_direct(path: Path, x: np.ndarray) -> np.ndarray:
+    """What ONNX Runtime itself computes for ``x``."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x[None]})[0][0]
+
+
+def answer_of(db: Any, stream: str, uri: str, timeout_s: float = 30) -> Any:
+    """The result of ``uri`` on ``stream`` (native), with the model and version that gave it."""
+
+    reply = db.blpop([keys.result(stream, uri)], timeout=timeout_s)
+    assert reply is not None, f"no result for {uri} on {stream}"
+    return decode_full(reply[1])

@@ -20,6 +20,8 @@ gets back the same class the server raised::
     │   ├── MissingInputError       a record without a payload the model needs
     │   └── PayloadTooLargeError    a payload over the configured limits
     ├── DeadlineExceededError       the client's deadline passed before the model ran
+    ├── VersionUnavailableError     a record asked for a model version the server does not serve
+    ├── ModelUnloadedError          the record's model was unloaded (repository.on_unload: fail)
     ├── QueueError                  talking to the broker
     │   ├── BrokerConnectionError   the broker does not answer
     │   │   └── BrokerPermissionError   the Redis user may not run a command the server needs
@@ -42,6 +44,8 @@ __all__ = [
     "BrokerPermissionError",
     "ConfigError",
     "DeadlineExceededError",
+    "ModelUnloadedError",
+    "VersionUnavailableError",
     "DecodeError",
     "DtypeError",
     "IncompleteModelError",
@@ -179,6 +183,19 @@ class DeadlineExceededError(ZooServingError):
     """The client's deadline passed before the record was served."""
 
     code = "deadline_exceeded"
+
+
+class VersionUnavailableError(ZooServingError):
+    """A record asked for a version of its model that the server does not serve."""
+
+    code = "version_unavailable"
+
+
+class ModelUnloadedError(ZooServingError):
+    """The record's model was unloaded, and ``repository.on_unload: fail`` answers its queued
+    records with this instead of keeping them for the next load."""
+
+    code = "model_unloaded"
 
 
 class QueueError(ZooServingError):

@@ -101,3 +101,33 @@ def producer(stream: str, producer_id: str) -> str:
     """String: the last record number a producer (one InputQueue in one thread) added to the
     stream, so a resent add cannot add a record twice; expires 10 minutes after its last add."""
     return f"{PREFIX}:{{{stream}}}:producer:{producer_id}"
+
+
+def model_stream(base: str, name: str) -> str:
+    """The input stream of model ``name`` of a server whose ``data.stream`` is ``base`` (the
+    default model's stream is ``base`` itself)."""
+    return f"{base}.{name}"
+
+
+def models(base: str) -> str:
+    """Hash model name -> JSON of the model as the server's repository has it (its stream,
+    versions, policy, whether it is the default): the model index clients and tools read."""
+    return f"{PREFIX}:{{{base}}}:models"
+
+
+def wanted(base: str) -> str:
+    """Hash model name -> JSON of what should be loaded (``load``, ``versions``): the wanted
+    state every worker of the server follows."""
+    return f"{PREFIX}:{{{base}}}:wanted"
+
+
+def wanted_gen(base: str) -> str:
+    """Integer bumped at every change of :func:`wanted` (or the index): workers re-read the
+    wanted state when it moves."""
+    return f"{PREFIX}:{{{base}}}:wanted_gen"
+
+
+def model_states(base: str) -> str:
+    """Hash worker name -> JSON of the models that worker holds (state, versions, memory, load
+    seconds, evictions, last error): what ``zoo-serve models list`` and /metrics show."""
+    return f"{PREFIX}:{{{base}}}:model_states"

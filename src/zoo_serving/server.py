@@ -21,6 +21,8 @@ from .broker.embedded import ManagedRedis, embedded_owner, port_answers
 from .config import Config, load_config
 from .errors import ServerError
 from .observe.metrics import Metrics
+from .repository.api import Models
+from .repository.control import RepositoryController
 from .runners import Runner, create_runner
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class Server:
         #: the claims of other live servers with the same model this one joined at start
         self.peers: list[dict[str, Any]] = []
         self._claim: _Claim | None = None
+        self.repository: RepositoryController | None = None  # the models' index and wants
         self._log_handler: logging.Handler | None = None
         self._stopped = threading.Event()
 
@@ -62,6 +65,17 @@ class Server:
     def url(self) -> str:
         """The Redis URL the workers use."""
         return redis_url(self.config.data)
+
+    @property
+    def models(self) -> Models:
+        """Load, unload and list this server's models (see :class:`~.repository.api.Models`).
+
+        Raises:
+            ServerError: the server is not started.
+        """
+        if self.repository is None:
+            raise ServerError("the server is not started: start it before managing its models")
+        return Models(self.repository.control.redis, self.config.data.stream)
 
     @property
     def urls(self) -> dict[str, str]:
@@ -90,6 +104,8 @@ class Server:
         try:
             self._resolve_redis()
             self._claim_stream()
+            self.repository = RepositoryController(self.config, connect(self.config.data))
+            self.repository.start()
             if self.config.http.port:  # up first: /v2/health/ready tells when workers are
                 from .http import serve_http
 
@@ -218,6 +234,10 @@ class Server:
             if self.metrics is not None:
                 self.metrics.close()
         finally:
+            if self.repository is not None:
+                self.repository.stop()
+                self.repository.control.redis.close()
+                self.repository = None
             if self._claim is not None:
                 self._claim.release()
                 self._claim = None

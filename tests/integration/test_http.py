@@ -299,7 +299,7 @@ def test_unknown_routes_and_methods_answer_the_json_error(front_door: Any) -> No
     for path in (f"/v2/models/{NAME}/versions/2", f"/v2/models/{NAME}/versions/2/ready"):
         version = front_door.get(path)
         assert (version.status_code, version.json()["code"]) == (404, "no_version"), path
-        assert "it serves version '1'" in version.json()["error"]
+        assert "it has version(s) 1" in version.json()["error"]
     infer = front_door.post(f"/v2/models/{NAME}/versions/2/infer", json={"inputs": []})
     assert (infer.status_code, infer.json()["code"]) == (404, "no_version")
 

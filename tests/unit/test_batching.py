@@ -4,8 +4,8 @@ died, or gave its batch up) runs alone; first deliveries fill batches up to the 
 from __future__ import annotations
 
 from zoo_serving.broker.queue import Entry
+from zoo_serving.serving.batcher import _take
 from zoo_serving.serving.reader import Item
-from zoo_serving.serving.worker import _take
 
 
 def item(name: str, deliveries: int = 1) -> Item:

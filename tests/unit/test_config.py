@@ -16,6 +16,7 @@ from zoo_serving.config import (
     ModelConfig,
     ParamsConfig,
     RayConfig,
+    RepositoryConfig,
     SparkConfig,
     default_config_text,
     load_config,
@@ -76,6 +77,7 @@ SECTIONS = {
     "spark": SparkConfig,
     "ray": RayConfig,
     "http": HttpConfig,
+    "repository": RepositoryConfig,
 }
 
 
@@ -368,3 +370,55 @@ def test_default_config_text_with_model_path_loads_from_file(tmp_path: Path) -> 
     cfg = load_config(path)
     assert cfg.model.path == "/srv/models/resnet"
     assert cfg.params.batch_size == 4
+
+
+def test_model_path_or_repository_not_both_nor_neither(tmp_path: Path) -> None:
+    cfg = load_config({"model": {"repository": str(tmp_path)}})
+    assert cfg.model.repository == str(tmp_path) and cfg.model.path is None
+    (tmp_path / "app").mkdir()
+    path = _write(tmp_path / "app", "model:\n  repository: models\n")
+    assert load_config(path).model.repository == str(tmp_path.resolve() / "app" / "models")
+    with pytest.raises(ConfigError, match="model.repository") as err:
+        load_config({"model": {"path": "a", "repository": "b"}})
+    assert err.value.details["key"] == "model.repository"
+    with pytest.raises(ConfigError, match="model.path"):
+        load_config({"model": {}})
+
+
+def test_repository_keys(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "model:\n  repository: models\n"
+        "repository:\n  control: poll\n  poll_s: 0.5\n  default: resnet\n"
+        "  load: [resnet, small]\n  on_unload: fail\n"
+        "params:\n  memory_budget: 2g\n  max_loads: 2\n  slots: 4\n"
+    )
+    cfg = load_config(path)
+    assert cfg.repository.control == "poll" and cfg.repository.poll_s == 0.5
+    assert cfg.repository.default == "resnet"
+    assert cfg.repository.load == ("resnet", "small")
+    assert cfg.repository.on_unload == "fail"
+    assert cfg.params.memory_budget == 2 << 30
+    assert (cfg.params.max_loads, cfg.params.slots) == (2, 4)
+    assert load_config(cfg.to_dict(), source_path=cfg.source) == cfg  # ships unchanged
+    assert load_config({"model": {"path": "m"}, "repository": {"load": "a,b"}}).repository.load == (
+        "a",
+        "b",
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("repository.control", "sometimes"),
+        ("repository.load", ["ok", "not ok"]),
+        ("repository.on_unload", "drop"),
+        ("params.memory_budget", "lots"),
+        ("params.max_loads", 0),
+    ],
+)
+def test_bad_repository_values_name_the_key(key: str, value: object) -> None:
+    section, _, name = key.partition(".")
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
+        load_config({"model": {"path": "m"}, section: {name: value}})
+    assert err.value.details["key"] == key

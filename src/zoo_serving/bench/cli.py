@@ -46,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="send this image (a directory: every image in it); repeatable",
     )
     p.add_argument(
+        "--model", help="a model of the server's repository (default: the default model)"
+    )
+    p.add_argument(
         "--npy",
         action="append",
         metavar="PATH",
@@ -61,6 +64,15 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         clients = list(DEFAULT_CLIENTS)
     _check(args)
     stream = cfg.data.stream
+    if args.model:  # its own stream, from the model index the server publishes
+        from ..broker.connection import connect
+        from ..client.common import model_stream
+
+        probe = connect(cfg.data)
+        try:
+            stream = model_stream(probe, stream, args.model)
+        finally:
+            probe.close()
     db = connect_checked(cfg.data, None, stream)
     try:
         info = model_info(db, stream)
@@ -145,6 +157,7 @@ def _meta(
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         "stream": cfg.data.stream,
+        "model_name": getattr(args, "model", None),
         "url": safe_url(redis_url(cfg.data)),
         "model": info,
         "config": {

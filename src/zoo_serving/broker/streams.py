@@ -244,6 +244,11 @@ class RedisStreamQueue(Queue):
             self._held -= ids
             self._held_again -= ids
 
+    def held_count(self) -> int:
+        """Records read and not yet completed or released: in this consumer's pipeline."""
+        with self._held_lock:
+            return len(self._held)
+
     def holds(self, entry: Entry) -> bool:
         with self._held_lock:
             return entry.id in self._held

@@ -1,4 +1,4 @@
-"""``zoo-serve``: init, start, stop, restart, status, log, convert, demo, bench.
+"""``zoo-serve``: init, start, stop, restart, status, models, log, convert, demo, bench.
 
 The commands live in :mod:`.start` (start, restart), :mod:`.stop`, :mod:`.status` and
 :mod:`.tools` (the rest); this module builds the parser and runs one. Exit codes
@@ -17,6 +17,8 @@ from ..config import RUNNERS
 from ..errors import ZooServingError
 from .common import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, exit_code
 from .common import load as _load
+from .models import add_arguments as models_arguments
+from .models import cmd_models
 from .start import cmd_restart, cmd_start
 from .status import cmd_status
 from .stop import cmd_stop
@@ -68,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("status", help="readiness and workers; exit 0 only if ready"))
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_status)
+
+    p = with_config(sub.add_parser("models", help="list, load or unload the server's models"))
+    models_arguments(p)
+    p.set_defaults(func=cmd_models)
 
     p = with_config(sub.add_parser("log", help="show the error log"))
     p.add_argument("-n", type=_positive_int, default=50, help="lines to show")

@@ -8,8 +8,10 @@ import json
 import time
 from typing import Any
 
+from ..broker.presence import Presence
 from ..broker.streams import stream_stats
 from ..errors import ZooServingError
+from ..repository.api import Models
 from .common import EXIT_NOT_READY, EXIT_OK, load, presence, read_server
 
 
@@ -26,6 +28,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             status["ready"] = any(beat.get("ready") for beat in beats.values())
             status["workers"] = [{"name": name, **beat} for name, beat in beats.items()]
             status.update(stream_stats(workers.redis, cfg.data.stream, cfg.data.group))
+            status["models"] = _models(workers.redis, cfg.data.stream, cfg.data.group)
     except ZooServingError as exc:
         status["redis"] = str(exc)
         return _print_status(status, args)
@@ -33,6 +36,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     status["served"] = sum(w.get("succeeded", 0) + w.get("failed", 0) for w in workers)
     status["throughput_1m"] = round(sum(_last_minute_rate(w, now) for w in workers), 2)
     return _print_status(status, args)
+
+
+def _models(redis: Any, base: str, group: str) -> list[dict[str, Any]]:
+    """Each model of the server's repository: its state, and its own stream's workers and
+    counts (empty for a server without a model index)."""
+    out = []
+    now = time.time()
+    for info in Models(redis, base).describe():
+        beats = Presence(redis, info.stream).live_heartbeats()
+        entry = {
+            "name": info.name,
+            "default": info.default,
+            "state": info.state,
+            "versions": info.versions,
+            "serving": sorted(
+                {w["current"] for w in info.workers.values() if w.get("current") is not None}
+            ),
+            "stream": info.stream,
+            "ready": any(b.get("ready") for b in beats.values()),
+            "workers": len(beats),
+            "served": sum(b.get("succeeded", 0) + b.get("failed", 0) for b in beats.values()),
+            "throughput_1m": round(sum(_last_minute_rate(b, now) for b in beats.values()), 2),
+        }
+        entry.update(stream_stats(redis, info.stream, group))
+        out.append(entry)
+    return out
 
 
 def _last_minute_rate(beat: dict[str, Any], now: float) -> float:
@@ -58,6 +87,13 @@ def _print_status(status: dict[str, Any], args: argparse.Namespace) -> int:
         print(
             f"  served: {status['served']} records, "
             f"{status['throughput_1m']} records/s over the last minute"
+        )
+    for m in status.get("models", []):
+        mark = " (default)" if m["default"] else ""
+        print(
+            f"  model {m['name']}{mark}: {m['state']}, serving {m['serving'] or '-'} of "
+            f"{m['versions'] or '-'}; {m['workers']} worker(s); queued {m['queued']}, lag "
+            f"{m['lag']}, pending {m['pending']}; {m['throughput_1m']} records/s"
         )
     for w in status["workers"]:
         print(

@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 
 from ..broker.connection import connect
+from ..broker.control import ModelControl
 from ..broker.presence import Presence
 from ..config import Config, DataConfig, load_config
-from ..errors import ZooServingError
+from ..errors import ServerError, ZooServingError
 from ..wire.native import ResultValue, decode_result
 
 DEFAULT_INPUT = "t"  # input name used when predict() gets a bare array or image
@@ -34,6 +35,8 @@ class RedisUser:
         url: str | None = None,
         config: str | os.PathLike[str] | Mapping[str, Any] | Config | None = None,
         password: str | None = None,
+        model: str | None = None,
+        version: int | None = None,
         **redis_options: Any,
     ) -> None:
         data = data_config(config)
@@ -48,6 +51,10 @@ class RedisUser:
         redis_options.setdefault("socket_timeout", None)
         redis_options.setdefault("socket_connect_timeout", 5.0)
         self.db = connect(data, url=url, **redis_options)
+        self.model = model
+        self.version = version
+        if model is not None:
+            self.stream = model_stream(self.db, self.stream, model)
         self.presence = Presence(self.db, self.stream)
 
     def close(self) -> None:
@@ -147,3 +154,28 @@ def result_or_raise(result: ResultValue) -> Any:
     if isinstance(result, ZooServingError):
         raise result
     return result
+
+
+def model_stream(db: Any, base: str, model: str) -> str:
+    """The stream of ``model`` on the server whose ``data.stream`` is ``base``, from the model
+    index it publishes.
+
+    Raises:
+        ServerError: no server published its models on ``base``, or it has no such model.
+    """
+    index = ModelControl(db, base).index()
+    if not index:
+        raise ServerError(
+            f"no server has published its models on stream {base!r}: start it first (or check "
+            "data.stream / name=)",
+            stream=base,
+        )
+    entry = index.get(model)
+    if entry is None:
+        raise ServerError(
+            f"the server on stream {base!r} has no model {model!r}; it has "
+            f"{', '.join(sorted(index))}",
+            stream=base,
+            model=model,
+        )
+    return str(entry["stream"])

@@ -28,6 +28,9 @@ class InputQueue(RedisUser):
         url: a ``redis://`` or ``rediss://`` URL instead of host and port.
         config: a ``config.yaml`` path, mapping or Config: its ``data`` section is used.
         password: Redis password.
+        model: a model of the server's repository: records go to its stream (found in the
+            model index the server publishes on ``name``); default: the default model.
+        version: the version of ``model`` every record asks for; default: the newest served.
         wait_if_full_s: when the stream is at the server's bound, wait up to this long for
             room before raising :class:`QueueFullError` (default: raise at once).
     """
@@ -145,7 +148,12 @@ class InputQueue(RedisUser):
     def _fields(self, uri: str, inputs: Mapping[str, Any], deadline_s: float | None) -> Any:
         deadline_ms = None if deadline_s is None else int((time.time() + deadline_s) * 1000)
         return native.encode_request(
-            uri, named(inputs), deadline_ms, views=True, version=native.VERSION_2
+            uri,
+            named(inputs),
+            deadline_ms,
+            views=True,
+            version=native.VERSION_2,
+            model_version=self.version,
         )
 
     def predict(self, inputs: Any, timeout: float = 30.0) -> Any:
@@ -203,7 +211,12 @@ class InputQueue(RedisUser):
         self._send_all(
             Outgoing(
                 native.encode_request(
-                    f"predict-{token}", named(x), deadline_ms, views=True, reply_to=token.encode()
+                    f"predict-{token}",
+                    named(x),
+                    deadline_ms,
+                    views=True,
+                    reply_to=token.encode(),
+                    model_version=self.version,
                 ),
                 f"predict-{token}",
                 public=False,

@@ -29,6 +29,7 @@ from .sections import (
     ModelConfig,
     ParamsConfig,
     RayConfig,
+    RepositoryConfig,
     SparkConfig,
 )
 
@@ -43,6 +44,7 @@ __all__ = [
     "ModelConfig",
     "ParamsConfig",
     "RayConfig",
+    "RepositoryConfig",
     "SparkConfig",
     "check_shape",
     "default_config_text",
@@ -57,6 +59,7 @@ _SECTIONS: dict[str, type] = {
     "spark": SparkConfig,
     "ray": RayConfig,
     "http": HttpConfig,
+    "repository": RepositoryConfig,
 }
 
 
@@ -71,15 +74,23 @@ class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    repository: RepositoryConfig = field(default_factory=RepositoryConfig)
     source: str | None = None  # the file it was read from, if any
 
     def __post_init__(self) -> None:
-        if not self.model.path:
+        if not self.model.path and not self.model.repository:
             raise ConfigError(
                 "model.path: expected the model directory, got nothing; set model.path in "
-                "config.yaml",
+                "config.yaml (or model.repository for many models)",
                 key="model.path",
                 value=self.model.path,
+            )
+        if self.model.path and self.model.repository:
+            raise ConfigError(
+                "model.repository: set model.path (one model) or model.repository (many), "
+                f"not both; got {self.model.path!r} and {self.model.repository!r}",
+                key="model.repository",
+                value=self.model.repository,
             )
 
     @property
@@ -117,6 +128,9 @@ def to_dict(cfg: Config) -> dict[str, Any]:
         section = dataclasses.asdict(getattr(cfg, name))
         if "shape" in section:
             section["shape"] = ",".join(str(d) for d in section["shape"])
+        for key, value in section.items():
+            if isinstance(value, tuple):  # plain YAML lists, as a user writes them
+                section[key] = list(value)
         out[name] = section
     return out
 
@@ -178,10 +192,13 @@ def load_config(
 
 
 def _beside(model: ModelConfig, base: str) -> ModelConfig:
-    """``model.path`` given relative is relative to the config file, not to where the command
-    runs (``zoo-serve -c other/config.yaml`` and the background server agree)."""
-    if model.path and not os.path.isabs(model.path):
-        return dataclasses.replace(model, path=os.path.join(base, model.path))
+    """``model.path`` and ``model.repository`` given relative are relative to the config file,
+    not to where the command runs (``zoo-serve -c other/config.yaml`` and the background server
+    agree)."""
+    for key in ("path", "repository"):
+        value = getattr(model, key)
+        if value and not os.path.isabs(value):
+            model = dataclasses.replace(model, **{key: os.path.join(base, value)})
     return model
 
 
@@ -207,7 +224,7 @@ def default_config_text(model_path: str = "/path/to/model") -> str:
         for f in dataclasses.fields(cls):
             default = f.default
             if isinstance(default, tuple):
-                default = ",".join(str(d) for d in default)
+                default = ",".join(str(d) for d in default) or "none"
             elif isinstance(default, bool):
                 default = "y" if default else "n"
             lines.append(

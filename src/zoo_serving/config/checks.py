@@ -19,6 +19,10 @@ _TRUE = {"y", "yes", "true", "on", "1"}
 _FALSE = {"n", "no", "false", "off", "0"}
 _STREAM_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _MEMORY_RE = re.compile(r"^\d+[kmgtKMGT]?[bB]?$")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+CONTROLS = ("static", "poll", "explicit")  # repository.control
+ON_UNLOAD = ("keep", "fail")  # repository.on_unload
 
 
 # ---------------------------------------------------------------- value checkers
@@ -184,3 +188,26 @@ def check_port(key: str, value: Any) -> int:
 
 def opt(default: Any, check: Callable[[str, Any], Any], doc: str) -> Any:
     return field(default=default, metadata={"check": check, "doc": doc})
+
+
+def check_size(key: str, value: Any) -> int:
+    """``512m``, ``2g``, ``1.5GiB`` or a number of bytes -> bytes (0: none)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a size like 512m or 2g, got {value!r}", key=key)
+    if isinstance(value, (int, float)) and value >= 0:
+        return int(value)
+    match = _SIZE_RE.match(str(value))
+    if not match:
+        raise ConfigError(
+            f"{key}: expected a size like 512m or 2g (bytes, k, m, g, t), got {value!r}",
+            key=key,
+            value=value,
+        )
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def check_names(key: str, value: Any) -> tuple[str, ...]:
+    """Model names: a YAML list or ``a,b``; each one a valid stream-name part."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    names = tuple(check_stream(key, v) for v in items if str(v).strip())
+    return names

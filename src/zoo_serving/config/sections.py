@@ -6,15 +6,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .checks import (
+    CONTROLS,
     ENGINES,
+    ON_UNLOAD,
     RUNNERS,
     check_backend,
     check_bool,
     check_memory,
+    check_names,
     check_path,
     check_port,
     check_redis_port,
     check_shape,
+    check_size,
     check_src,
     check_str,
     check_stream,
@@ -29,7 +33,10 @@ from .checks import (
 class ModelConfig:
     """``model:`` the model to serve."""
 
-    path: str | None = opt(None, check_path, "model directory (or file); required")
+    path: str | None = opt(None, check_path, "model directory (or file); this or repository")
+    repository: str | None = opt(
+        None, check_path, "many models: a folder of <name>/<version>/<files>; this or path"
+    )
     backend: str | None = opt(
         None, check_backend, "framework; detected from the directory when empty"
     )
@@ -91,6 +98,11 @@ class ParamsConfig:
         "longest a batch may run; past it the worker gives the batch up and is replaced or "
         "reports unhealthy, and its records are retried one at a time; 0: no limit",
     )
+    memory_budget: int = opt(
+        0, check_size, "memory a worker's models may take, e.g. 4g; LRU idle ones go; 0: none"
+    )
+    max_loads: int = opt(1, int_checker(1), "model loads at a time per worker")
+    slots: int = opt(0, int_checker(0), "execution slots per worker; 0: one per core (1 model: 1)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,4 +150,21 @@ class HttpConfig:
     timeout_s: float = opt(30.0, float_checker(0.001), "longest an HTTP request waits")
     model_name: str | None = opt(
         None, check_str, "the model's name in /v2/models/<name>; empty: from model.path"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RepositoryConfig:
+    """``repository:`` how the models of ``model.repository`` are loaded and unloaded."""
+
+    control: str = opt(
+        "static", choice_checker(CONTROLS), "static: as found at start; poll: follow the folder"
+    )
+    poll_s: float = opt(5.0, float_checker(0.1), "poll: seconds between scans of the repository")
+    default: str | None = opt(
+        None, check_stream, "the model served on data.stream; empty: the only model, if one"
+    )
+    load: tuple[str, ...] = opt((), check_names, "explicit: models loaded at start (a list)")
+    on_unload: str = opt(
+        "keep", choice_checker(ON_UNLOAD), "keep: queued records wait; fail: model_unloaded"
     )

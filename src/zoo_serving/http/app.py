@@ -11,26 +11,20 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..broker.presence import Presence
 from ..config import Config, load_config
 from ..errors import (
-    BrokerConnectionError,
-    DeadlineExceededError,
-    InputError,
     MissingDependencyError,
-    PayloadTooLargeError,
-    QueueFullError,
-    ResultTimeoutError,
     ZooServingError,
 )
+from ..repository.api import Models
 from . import bodies, limits
 from .bodies import HttpError
+from .door import DoorQueue, status_of
+from .repository import RepositoryRoutes
 
 log = logging.getLogger(__name__)
 
-READY_CACHE_S = 0.5  # a positive readiness answer is reused this long
-MODEL_CACHE_S = 2.0  # the published model description is reused this long
-MODEL_VERSION = "1"  # one model, one version: what /v2/models/<name>/versions/<v> accepts
+MODEL_CACHE_INDEX_S = 1.0  # the model index is reused this long
 
 
 def _imports() -> Any:
@@ -53,85 +47,6 @@ def model_name(config: Config) -> str:
     return path.stem if path.suffix else path.name
 
 
-def _status(exc: BaseException) -> int:
-    """The HTTP status of an error a record or the queue gave."""
-    if isinstance(exc, PayloadTooLargeError):
-        return 413
-    if isinstance(exc, InputError):
-        return 400
-    if isinstance(exc, (QueueFullError, BrokerConnectionError)):
-        return 503
-    if isinstance(exc, (ResultTimeoutError, DeadlineExceededError)):
-        return 504
-    return 500
-
-
-class DoorQueue:
-    """The front door's side of Redis: readiness, the model's description, records in and
-    results out."""
-
-    def __init__(self, config: Config) -> None:
-        from ..client import InputQueue
-
-        self.config = config
-        self.stream = config.data.stream
-        self.timeout_s = config.http.timeout_s
-        self.inq = InputQueue(config=config)
-        self.presence = Presence(self.inq.db, self.stream)
-        self._ready_until = 0.0
-        self._model: tuple[float, dict[str, Any] | None] = (0.0, None)
-
-    def close(self) -> None:
-        self.inq.close()
-
-    def ready(self) -> bool:
-        now = time.monotonic()
-        if now < self._ready_until:
-            return True
-        ok = self.presence.is_ready()
-        if ok:
-            self._ready_until = now + READY_CACHE_S
-        return ok
-
-    def model(self) -> dict[str, Any] | None:
-        """What the workers published about the model (backend, inputs, outputs), if any."""
-        now = time.monotonic()
-        stamp, info = self._model
-        if info is None or now - stamp > MODEL_CACHE_S:
-            info = self.presence.model()
-            self._model = (now, info)
-        return info
-
-    def require_ready(self) -> dict[str, Any]:
-        if not self.ready():
-            raise HttpError(
-                503,
-                f"model not ready: no worker of stream {self.stream} has its model loaded; "
-                "retry when /v2/health/ready answers 200",
-                "not_ready",
-            )
-        return self.model() or {"inputs": [], "outputs": []}
-
-    def run(self, records: list[bodies.Record]) -> list[Any]:
-        """Send records, wait for every result (``http.timeout_s`` in total); a failed record
-        raises an :class:`HttpError` naming it. Results come back to keys only this call
-        knows, so no ``OutputQueue.dequeue`` elsewhere can take them."""
-        try:
-            results = self.inq.predict_many(records, self.timeout_s, return_exceptions=True)
-        except ResultTimeoutError as exc:
-            raise HttpError(
-                504,
-                f"{exc.details.get('missing', len(records))} of {len(records)} results missing "
-                f"after http.timeout_s={self.timeout_s}s; the workers may be overloaded",
-                ResultTimeoutError.code,
-            ) from None
-        for i, result in enumerate(results):
-            if isinstance(result, ZooServingError):
-                where = f"record {i}: " if len(records) > 1 else ""
-                raise HttpError(_status(result), where + result.message, result.code)
-        return results
-
-
 def _reply(content: Any, status: int = 200) -> Any:
     from starlette.responses import Response
 
@@ -143,7 +58,7 @@ def _failure(exc: BaseException) -> Any:
     if isinstance(exc, HttpError):
         return _reply({"error": exc.message, "code": exc.code}, exc.status)
     if isinstance(exc, ZooServingError):
-        return _reply({"error": exc.message or str(exc), "code": exc.code}, _status(exc))
+        return _reply({"error": exc.message or str(exc), "code": exc.code}, status_of(exc))
     import redis
 
     if isinstance(exc, redis.exceptions.RedisError):
@@ -157,10 +72,58 @@ class _Routes:
     pool."""
 
     def __init__(self, config: Config) -> None:
-        self.queue = DoorQueue(config)
+        self.config = config
+        self.queue = DoorQueue(config)  # the default model's
         self.name = model_name(config)
         self.max_payload_bytes = config.data.max_payload_bytes
         self.body_limit = max(4 * self.max_payload_bytes, 1 << 20)  # JSON: ~4x bytes
+        self.models = Models(self.queue.inq.db, config.data.stream)
+        self._doors: dict[tuple[str, int | None], DoorQueue] = {}
+        self._index: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
+
+    def close(self) -> None:
+        for door in self._doors.values():
+            door.close()
+        self.queue.close()
+
+    def index(self) -> dict[str, dict[str, Any]]:
+        """The server's model index (reused for a second)."""
+        stamp, index = self._index
+        if time.monotonic() - stamp > MODEL_CACHE_INDEX_S:
+            index = self.models.control.index()
+            self._index = (time.monotonic(), index)
+        return index
+
+    def door(self, name: str | None = None, version: str | None = None) -> DoorQueue:
+        """The queue of model ``name`` (default: the default model), version ``version``.
+
+        Raises:
+            HttpError: 404 for a model or version the server does not have.
+        """
+        index = self.index()
+        if name is None:
+            name = next((n for n, e in index.items() if e.get("default")), self.name)
+        entry = index.get(name)
+        if entry is None and not (name == self.name and not index):
+            have = ", ".join(sorted(index)) or self.name
+            raise HttpError(404, f"no model {name!r}; this server serves {have}", "no_model")
+        number = None
+        if version is not None:
+            versions = sorted(entry.get("versions", {})) if entry else ["1"]
+            if version not in versions:
+                raise HttpError(
+                    404,
+                    f"no version {version!r} of model {name!r}; it has version(s) "
+                    f"{', '.join(versions)}",
+                    "no_version",
+                )
+            number = int(version)
+        if entry is None or (entry.get("default") and number is None):
+            return self.queue
+        key = (name, number)
+        if key not in self._doors:
+            self._doors[key] = DoorQueue(self.config, name, number)
+        return self._doors[key]
 
     async def call(self, fn: Any, *args: Any) -> Any:
         from starlette.concurrency import run_in_threadpool
@@ -179,46 +142,48 @@ class _Routes:
             raw = await limits.read_body(request, self.body_limit)
         except HttpError as exc:
             return _failure(exc)
-        version = named[1] if len(named) > 1 else None
-        return await self.call(lambda: fn(limits.parse_json(raw), version))
+        return await self.call(lambda: fn(limits.parse_json(raw), *named))
+
+    async def post_optional(self, fn: Any, request: Any) -> Any:
+        """Read a body that may be empty (``{}`` then), and run ``fn(body)``."""
+        try:
+            raw = await limits.read_body(request, self.body_limit)
+        except HttpError as exc:
+            return _failure(exc)
+        return await self.call(lambda: fn(limits.parse_json(raw) if raw.strip() else {}))
 
     def check_name(self, requested: str, version: str | None = None) -> None:
-        if requested != self.name:
-            raise HttpError(
-                404, f"no model {requested!r}; this server serves {self.name!r}", "no_model"
-            )
-        if version is not None and version != MODEL_VERSION:
-            raise HttpError(
-                404,
-                f"no version {version!r} of model {self.name!r}; it serves version "
-                f"{MODEL_VERSION!r}",
-                "no_version",
-            )
+        self.door(requested, version)
 
-    def predict(self, body: Any, version: str | None = None) -> Any:
-        info = self.queue.model() or {"inputs": []}
+    def predict(self, body: Any, *named: str) -> Any:
+        model = body.get("model") if isinstance(body, dict) else None
+        if model is not None and not isinstance(model, str):
+            raise bodies.bad(f"'model' names a model of the repository, got {model!r}")
+        door = self.door(model)
+        info = door.model() or {"inputs": []}
         dtypes = [np.dtype(s["dtype"]) for s in info["inputs"]]
         records = bodies.parse_instances(body, dtypes)
         limits.check_payloads(records, self.max_payload_bytes)
-        self.queue.require_ready()
-        return bodies.predictions(self.queue.run(records))
+        door.require_ready()
+        return bodies.predictions(door.run(records))
 
-    def infer(self, body: Any, version: str | None = None) -> Any:
+    def infer(self, body: Any, name: str, version: str | None = None) -> Any:
+        door = self.door(name, version)
         tensors, wanted = bodies.parse_v2_inputs(body)
-        info = self.queue.require_ready()
+        info = door.require_ready()
         offered = [s["name"] for s in bodies.v2_output_specs(info)]
         unknown = [name for name in wanted or () if name not in offered]
         if unknown:
             raise bodies.bad(
-                f"outputs {unknown} are not among the outputs of model {self.name!r}: {offered} "
-                f"(as GET /v2/models/{self.name} lists them)"
+                f"outputs {unknown} are not among the outputs of model {name!r}: {offered} "
+                f"(as GET /v2/models/{name} lists them)"
             )
         ranks = {s["name"]: len(s["shape"]) - 1 for s in info["inputs"]}
         records, batched = bodies.split_batch(tensors, ranks)
         limits.check_payloads(records, self.max_payload_bytes)
-        results = self.queue.run(records)
+        results = door.run(records)
         outputs = [s["name"] for s in info["outputs"]]
-        content: dict[str, Any] = {"model_name": self.name}
+        content: dict[str, Any] = {"model_name": name}
         if version is not None:
             content["model_version"] = version
         if isinstance(body.get("id"), str):
@@ -227,13 +192,14 @@ class _Routes:
         return content
 
     def metadata(self, requested: str, version: str | None = None) -> Any:
-        self.check_name(requested, version)
-        info = self.queue.model()
+        door = self.door(requested, version)
+        info = door.model()
         if info is None:
-            raise HttpError(503, f"model {self.name!r} not loaded yet: no worker published it")
+            raise HttpError(503, f"model {requested!r} not loaded yet: no worker published it")
+        entry = self.index().get(requested, {})
         return {
-            "name": self.name,
-            "versions": [MODEL_VERSION],
+            "name": requested,
+            "versions": sorted(entry.get("versions", {})) or ["1"],
             "platform": info.get("backend", ""),
             "inputs": [bodies.v2_tensor_spec(s) for s in info["inputs"]],
             "outputs": bodies.v2_output_specs(info),
@@ -244,31 +210,16 @@ class _Routes:
         from starlette.concurrency import run_in_threadpool
 
         try:
-            if named:
-                self.check_name(*named)
-            ok = await run_in_threadpool(self.queue.ready)
+            door = await run_in_threadpool(self.door, *named) if named else self.queue
+            ok = await run_in_threadpool(door.ready)
         except Exception as exc:
             return _failure(exc)
-        which = {"name": self.name} if named else {}
+        which = {"name": named[0]} if named else {}
         return _reply({**which, "ready": ok}, 200 if ok else 503)
 
 
-def create_app(config: Any) -> Any:
-    """The FastAPI app of the front door for ``config`` (a path, mapping or Config).
-
-    Routes: see :data:`ROUTES`. Any other path or method is a 404 or 405 with the JSON error
-    body every route answers with, ``{"error": ..., "code": ...}``.
-
-    Raises:
-        MissingDependencyError: FastAPI or uvicorn is not installed.
-        BrokerConnectionError: Redis does not answer.
-    """
-    fastapi = _imports()
-    from starlette.exceptions import HTTPException
-
-    routes = _Routes(load_config(config))
-    app = fastapi.FastAPI(title="zoo_serving", version=__version__, docs_url=None, redoc_url=None)
-    app.state.queue = routes.queue
+def _handlers(routes: _Routes) -> dict[str, Any]:
+    """The handler of each route name in :data:`ROUTES`."""
 
     # Starlette-style routes (the request in, a response out): the JSON is parsed here, so a
     # malformed body is our 400 with a message, not a framework's 422
@@ -295,7 +246,21 @@ def create_app(config: Any) -> Any:
         return _reply({"live": True})
 
     async def server(request: Any) -> Any:
-        return _reply({"name": "zoo_serving", "version": __version__, "extensions": []})
+        extensions = ["model_repository"]
+        return _reply({"name": "zoo_serving", "version": __version__, "extensions": extensions})
+
+    repository = RepositoryRoutes(routes.models, routes.config.http.timeout_s)
+
+    async def repo_index(request: Any) -> Any:
+        return await routes.post_optional(repository.index, request)
+
+    async def repo_load(request: Any) -> Any:
+        name = request.path_params["name"]
+        return await routes.post_optional(lambda b: repository.load(b, name), request)
+
+    async def repo_unload(request: Any) -> Any:
+        name = request.path_params["name"]
+        return await routes.post_optional(lambda b: repository.unload(b, name), request)
 
     handlers = {
         "predict": predict,
@@ -305,7 +270,31 @@ def create_app(config: Any) -> Any:
         "ready": ready,
         "live": live,
         "server": server,
+        "repo_index": repo_index,
+        "repo_load": repo_load,
+        "repo_unload": repo_unload,
     }
+    return handlers
+
+
+def create_app(config: Any) -> Any:
+    """The FastAPI app of the front door for ``config`` (a path, mapping or Config).
+
+    Routes: see :data:`ROUTES`. Any other path or method is a 404 or 405 with the JSON error
+    body every route answers with, ``{"error": ..., "code": ...}``.
+
+    Raises:
+        MissingDependencyError: FastAPI or uvicorn is not installed.
+        BrokerConnectionError: Redis does not answer.
+    """
+    fastapi = _imports()
+    from starlette.exceptions import HTTPException
+
+    routes = _Routes(load_config(config))
+    app = fastapi.FastAPI(title="zoo_serving", version=__version__, docs_url=None, redoc_url=None)
+    app.state.queue = routes  # closed with every model's queue when the door stops
+
+    handlers = _handlers(routes)
     for method, path, handler in ROUTES:
         app.add_route(path, handlers[handler], methods=[method])
 
@@ -340,4 +329,7 @@ ROUTES = [
     ("GET", "/v2/health/ready", "ready"),
     ("GET", "/v2/health/live", "live"),
     ("GET", "/v2", "server"),
+    ("POST", "/v2/repository/index", "repo_index"),
+    ("POST", "/v2/repository/models/{name}/load", "repo_load"),
+    ("POST", "/v2/repository/models/{name}/unload", "repo_unload"),
 ]

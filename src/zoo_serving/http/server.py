@@ -10,7 +10,7 @@ from typing import Any
 
 from ..config import load_config
 from ..errors import ServerError
-from .app import DoorQueue, create_app, model_name
+from .app import create_app, model_name
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class HttpServer:
         self._port = self.config.http.port if port is None else port
         self._server: Any = None
         self._thread: threading.Thread | None = None
-        self._queue: DoorQueue | None = None
+        self._queue: Any = None  # the routes: every model's queue
         self._socket: socket.socket | None = None
 
     @property

@@ -269,7 +269,7 @@ class ProcessesRunner(Runner):
 def worker_main(raw_config: dict[str, Any], index: int, conn: Connection, level: int) -> None:
     """Entry point of a worker process: load, report ready (or the error), serve until
     SIGTERM/SIGINT or a stop request, drain, exit 0. Exits 1 when the model does not load."""
-    from ..serving.worker import Worker
+    from ..serving.host import make_worker
 
     stop = threading.Event()
 
@@ -281,7 +281,7 @@ def worker_main(raw_config: dict[str, Any], index: int, conn: Connection, level:
     config = load_config(raw_config)
     setup_worker_logging(config, level, f"worker-{index}[{os.getpid()}]", error_log=True)
     threading.Thread(target=_watch_parent, args=(stop,), daemon=True).start()
-    worker = Worker(config, leave_when_stuck=True)
+    worker = make_worker(config, leave_when_stuck=True)
     try:
         worker.load()
     except BaseException as exc:

@@ -47,10 +47,10 @@ class WorkerActor:
         """Connect and load the model; returns where the worker lives."""
         import ray
 
-        from ..serving.worker import Worker
+        from ..serving.host import make_worker
 
         try:
-            worker = Worker(self.config, leave_when_stuck=True)
+            worker = make_worker(self.config, leave_when_stuck=True)
             try:
                 worker.load()
             except BaseException:

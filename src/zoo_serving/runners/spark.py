@@ -52,6 +52,7 @@ from ..broker.presence import HEARTBEAT_TTL_S, Presence, request_stop
 from ..broker.queue import consumer_name
 from ..config import Config, load_config
 from ..errors import ConfigError, ServerError, ZooServingError
+from ..serving.host import make_worker
 from ..serving.remote import (
     PACKAGE_LOGGER,
     leave_stuck_process,
@@ -60,7 +61,6 @@ from ..serving.remote import (
     setup_worker_logging,
     shipped_config,
 )
-from ..serving.worker import Worker
 from ..spark.session import (
     ModelLocation,
     active_session,
@@ -96,7 +96,7 @@ def worker_count(config: Config, master: str | None = None) -> int:
 def _serve_task(
     raw: dict[str, Any],
     job_id: str,
-    model: ModelLocation,
+    model: ModelLocation | None,
     log_level: int,
     error_log: bool,
     index: int,
@@ -122,13 +122,15 @@ def _serve_task(
 
 
 def _serve(
-    config: Config, job_id: str, model: ModelLocation, index: int, context: Any
+    config: Config, job_id: str, model: ModelLocation | None, index: int, context: Any
 ) -> Iterator[tuple[str, Any]]:
     # framework threads: params.threads, else the CPUs Spark gave this task (spark.task.cpus)
     threads = config.params.threads or (context.cpus() if context is not None else 1)
     try:
-        config = config.replace(**{"model.path": model.resolve(), "params.threads": threads})
-        worker = Worker(config, name=consumer_name(f"{job_id}-{index}"), leave_when_stuck=True)
+        config = config.replace(**{"params.threads": threads})
+        if model is not None:  # a repository's versions are read where the server found them
+            config = config.replace(**{"model.path": model.resolve()})
+        worker = make_worker(config, name=consumer_name(f"{job_id}-{index}"), leave_when_stuck=True)
     except ZooServingError as exc:
         yield ("error", picklable_error(exc))
         return
@@ -226,7 +228,8 @@ class SparkRunner(Runner):
                 key="params.workers",
                 value=n,
             )
-        model = model_location(sc, self.config.model.path or "")
+        path = self.config.model.path
+        model = model_location(sc, path) if path else None
         job = functools.partial(
             _serve_task,
             shipped_config(self.config, resolve_threads=False),

@@ -9,6 +9,7 @@ import time
 from ..config import Config
 from ..errors import ZooServingError
 from ..observe.stats import WorkerStats
+from ..serving.host import ModelHost, make_worker
 from ..serving.remote import worker_threads
 from ..serving.worker import Worker
 from .base import Runner
@@ -30,7 +31,7 @@ class ThreadsRunner(Runner):
         super().__init__(config)
         self._stop_event = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._workers: list[Worker] = []
+        self._workers: list[Worker | ModelHost] = []
         self._errors: list[BaseException] = []
 
     def _start(self) -> None:
@@ -39,7 +40,7 @@ class ThreadsRunner(Runner):
         if self.workers > 1:  # one worker keeps its framework's own default
             config = config.replace(**{"params.threads": worker_threads(config)})
         for _ in range(self.workers):
-            worker = Worker(config, metrics=self.metrics)
+            worker = make_worker(config, metrics=self.metrics)
             self._workers.append(worker)
             thread = threading.Thread(
                 target=self._run, args=(worker,), name=worker.name, daemon=True
@@ -47,7 +48,7 @@ class ThreadsRunner(Runner):
             self._threads.append(thread)
             thread.start()
 
-    def _run(self, worker: Worker) -> None:
+    def _run(self, worker: Worker | ModelHost) -> None:
         try:
             worker.load()
             worker.run(self._stop_event)

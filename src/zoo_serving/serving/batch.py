@@ -47,6 +47,7 @@ class Record:
     reply: str = wire.NATIVE  # its protocol: how its result is encoded
     deadline_ms: int | None = None  # Unix ms after which it is not worth running
     result: bytes | None = None
+    version: int | None = None  # the model version it runs on (None: the only one)
 
 
 def model_options(config: Config) -> ModelOptions:
@@ -95,14 +96,22 @@ class BatchCore:
         model: a loaded model.
         top_n: classes per answer (``params.top_n``); 0 answers with the output tensors.
         stats: the counters to update (records succeeded and failed by code, batches).
+        origin: the model's name and version, named in every native answer.
 
     After :meth:`serve`, :attr:`infer_s` and :attr:`post_s` hold the seconds the batch spent
     in the model and in postprocessing.
     """
 
-    def __init__(self, model: Model, top_n: int, stats: WorkerStats | None = None) -> None:
+    def __init__(
+        self,
+        model: Model,
+        top_n: int,
+        stats: WorkerStats | None = None,
+        origin: tuple[str, int] | None = None,
+    ) -> None:
         self.model = model
         self.top_n = top_n
+        self.origin = origin
         self.stats = stats if stats is not None else WorkerStats()
         self.infer_s = 0.0
         self.post_s = 0.0
@@ -146,7 +155,7 @@ class BatchCore:
             outputs = self.predict([r.arrays for r in records])  # type: ignore[misc]
             inferred = time.perf_counter()
             replies = [r.reply for r in records]
-            results = postprocess(outputs, self.top_n, len(records), replies)
+            results = postprocess(outputs, self.top_n, len(records), replies, self.origin)
         except Exception as exc:
             self.infer_s += time.perf_counter() - started
             if not isinstance(exc, ZooServingError):

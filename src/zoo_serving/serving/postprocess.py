@@ -72,16 +72,21 @@ def answers(outputs: Mapping[str, np.ndarray], n: int, batch: int) -> list[Pairs
 
 
 def postprocess(
-    outputs: Mapping[str, np.ndarray], n: int, batch: int, replies: Sequence[str] | None = None
+    outputs: Mapping[str, np.ndarray],
+    n: int,
+    batch: int,
+    replies: Sequence[str] | None = None,
+    origin: tuple[str, int] | None = None,
 ) -> list[bytes]:
     """Encoded results for each record of a batch.
 
     With ``n > 0`` and a single class-score output, each result is the top-``n`` answer;
     otherwise it is the record's slice of every output tensor. ``replies`` gives each record's
     protocol (:mod:`zoo_serving.wire`): Analytics Zoo records always get their output tensors
-    in the original Arrow encoding, seed-era records the JSON top-N.
+    in the original Arrow encoding, seed-era records the JSON top-N. ``origin`` (model name,
+    version) is named in native results.
     """
-    return wire.encode_results(outputs, batch, answers(outputs, n, batch), replies)
+    return wire.encode_results(outputs, batch, answers(outputs, n, batch), replies, origin)
 
 
 def encode_seed_result(outputs: Mapping[str, np.ndarray], n: int) -> bytes:

@@ -46,13 +46,17 @@ class Item(Record):
         return self.entry.deliveries > 1
 
 
+Resolve = Callable[[int | None], tuple[int, Preprocessor]]
+
+
 class Reader:
     """The read stage of one worker.
 
     Args:
         config: the serving config.
         queue: the worker's queue.
-        preprocess: decodes a record's payload into model inputs.
+        resolve: the version a record runs on (its own, or the newest served) and the decoder
+            of that version's inputs; raises a ZooServingError for a version not served.
         core: the batch core (answers failed records with their error).
         metrics: the server's metrics sink.
         paused: True while the worker must not take more records (it is stuck on a batch).
@@ -62,14 +66,14 @@ class Reader:
         self,
         config: Config,
         queue: Queue,
-        preprocess: Preprocessor,
+        resolve: Resolve,
         core: BatchCore,
         metrics: Metrics,
         paused: Callable[[], bool],
     ) -> None:
         self.config = config
         self.queue = queue
-        self.preprocess = preprocess
+        self.resolve = resolve
         self.core = core
         self.metrics = metrics
         self.paused = paused
@@ -165,7 +169,8 @@ class Reader:
             )
             item.deadline_ms = request.deadline_ms
             check_deadline(item)
-            item.arrays = self.preprocess(request, by_position=item.reply != wire.NATIVE)
+            item.version, preprocess = self.resolve(request.version)
+            item.arrays = preprocess(request, by_position=item.reply != wire.NATIVE)
         except ZooServingError as exc:
             self.core.fail(item, exc)
         except Exception as exc:  # a decoder bug must not take the worker down

@@ -29,18 +29,23 @@ import threading
 import time
 from typing import Any
 
+from .. import wire
 from ..backends import Model
 from ..broker.connection import connect
 from ..broker.presence import Presence
 from ..broker.queue import Queue, added_at, consumer_name
 from ..broker.streams import RedisStreamQueue
 from ..config import load_config
-from ..errors import BatchTimeoutError
+from ..errors import BatchTimeoutError, VersionUnavailableError
 from ..observe.metrics import Metrics
 from ..observe.stats import Counts, WorkerStats
-from .batch import BatchCore, load_served_model, preprocessor
+from ..repository.layout import served_name
+from .batch import BatchCore, load_served_model
+from .batcher import OwnBatches, SharedBatches
 from .heartbeat import Heartbeat
 from .reader import STOP, Item, Reader
+from .scheduler import Scheduler
+from .versions import Versions
 from .watchdog import Running, Watchdog
 from .writer import Writer
 
@@ -61,6 +66,10 @@ class Worker:
         leave_when_stuck: when a batch runs past ``params.batch_timeout_s``, :meth:`run`
             returns (with :attr:`left_stuck` set) so the runner can replace the worker; else
             the worker reports itself unhealthy and waits for the model to return.
+        model_name: the model's name, given in every answer; default :func:`served_name`.
+        version: the number of the version at ``model.path`` (1).
+        executor: execution slots shared with other models' workers; by default the worker
+            runs its batches in a thread of its own.
 
     Example::
 
@@ -81,15 +90,23 @@ class Worker:
         name: str | None = None,
         metrics: Metrics | None = None,
         leave_when_stuck: bool = False,
+        model_name: str | None = None,
+        version: int = 1,
+        executor: Scheduler | None = None,
+        weight: float = 1.0,
     ) -> None:
         self.config = load_config(config)
+        self.model_name = model_name or served_name(self.config)
+        self.executor = executor
+        self.weight = weight
         with Worker._count_lock:
             Worker._count += 1
             number = Worker._count
         self.name = name or consumer_name(str(number))
         self.queue = queue
-        self.model = model
+        self._given_model = model
         self.stats = WorkerStats()
+        self.versions = Versions(self.model_name, self.config, self.stats, version)
         self.ready = False
         self._redis: Any = None
         self.leave_when_stuck = leave_when_stuck
@@ -123,11 +140,13 @@ class Worker:
             )
         self.queue.check_access()  # a user without EVALSHA, say, fails here, not per write
         self.queue.setup(cfg.data.max_queue_len)
-        if self.model is None:
-            self.model = load_served_model(cfg)
+        if self._given_model is None:
+            model = load_served_model(cfg)
         else:
-            self.model.warmup(cfg.params.batch_size)
-        self._core = BatchCore(self.model, cfg.params.top_n, self.stats)
+            model = self._given_model
+            model.warmup(cfg.params.batch_size)
+        first = self.versions.add(self.versions.current, model)
+        self._core = first.core  # answers records that fail before the model
         self._watchdog = Watchdog(
             self.queue,
             claim_idle_ms=cfg.params.claim_idle_ms,
@@ -138,7 +157,7 @@ class Worker:
         self._reader = Reader(
             cfg,
             self.queue,
-            preprocessor(self.model, cfg),
+            self.versions.resolve,
             self._core,
             self.metrics,
             paused=lambda: watchdog.stuck,
@@ -155,10 +174,22 @@ class Worker:
                 stuck=watchdog.stuck_for_s,
             )
             # before ``ready`` is set, so whoever sees it sees Redis agree
-            self._heartbeat.announce(self.model)
+            self._heartbeat.announce(model)
         self.ready = True
-        log.info("worker %s ready: %s model %s", self.name, self.model.backend, self.model.path)
+        log.info("worker %s ready: %s model %s", self.name, model.backend, model.path)
         return self
+
+    @property
+    def model(self) -> Model | None:
+        """The model of the version records run on by default (None before :meth:`load`)."""
+        version = self.versions.get(None)
+        return version.model if version is not None else self._given_model
+
+    def switch(self, number: int) -> None:
+        """Records that name no version run on ``number`` from the next batch on."""
+        version = self.versions.switch(number)
+        if self._heartbeat is not None:
+            self._heartbeat.announce(version.model)
 
     @property
     def healthy(self) -> bool:
@@ -166,9 +197,12 @@ class Worker:
         return self.ready and not (self._watchdog is not None and self._watchdog.stuck)
 
     def close(self) -> None:
-        """Free the model (unless a call is still stuck in it) and the connection."""
-        if self.model is not None and not self.left_stuck:
-            self.model.close()
+        """Free the models (unless a call is still stuck in one) and the connection."""
+        if not self.left_stuck:
+            if self.versions.numbers():
+                self.versions.close()
+            elif self._given_model is not None:
+                self._given_model.close()
         if self.queue is not None:
             self.queue.close()
 
@@ -188,7 +222,15 @@ class Worker:
         # operation per list, not per record, which a 10,000 records/s worker feels
         to_batch: _queue.Queue[Any] = _queue.Queue(maxsize=4)  # up to a batch each
         to_write = self._to_write = _queue.Queue(maxsize=8)
-        infer = self._thread("infer", self._infer_loop, to_batch, to_write)
+        left = lambda: self.left_stuck  # noqa: E731
+        stage: OwnBatches | SharedBatches
+        if self.executor is None:
+            stage = OwnBatches(self.config, self._reader, self._serve, left)
+        else:  # the shared execution slots run the batches; this thread feeds them
+            stage = SharedBatches(
+                self.executor, self.model_name, self.config, self.weight, self._reader, left
+            )
+        infer = self._thread("infer", stage.loop, to_batch, to_write)
         threads = [
             self._thread("read", self._reader.loop, halt, to_batch, to_write),
             self._thread("write", self._writer.loop, to_write, halt, written),
@@ -245,47 +287,10 @@ class Worker:
 
     # -------------------------------------------------------------- stages
 
-    def _infer_loop(self, to_batch: _queue.Queue[Any], to_write: _queue.Queue[Any]) -> None:
-        try:
-            carry: list[Item] = []  # records read and not yet batched
-            done = False
-            while not done or carry:
-                if not carry:
-                    got = to_batch.get()
-                    if got is STOP:
-                        return
-                    carry = got
-                if not carry[0].redelivered:
-                    done = self._fill(carry, to_batch)
-                batch, carry = _take(carry, self.config.params.batch_size)
-                self._serve(batch, to_write)
-                if self.left_stuck:  # back from a call run() left behind: nobody waits
-                    return
-        finally:
-            if not self.left_stuck:
-                to_write.put(STOP)
-
-    def _fill(self, carry: list[Item], to_batch: _queue.Queue[Any]) -> bool:
-        """Add what arrives within ``params.max_wait_ms`` to ``carry``, up to a batch; True
-        when the end marker arrived."""
-        assert self._reader is not None
-        size = self.config.params.batch_size
-        deadline = time.monotonic() + self.config.params.max_wait_ms / 1000.0
-        while len(carry) < size:
-            try:
-                got = to_batch.get_nowait()
-            except _queue.Empty:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._reader.drained:
-                    return False
-                try:
-                    got = to_batch.get(timeout=remaining)
-                except _queue.Empty:
-                    return False
-            if got is STOP:
-                return True
-            carry.extend(got)
-        return False
+    def serve_batch(self, batch: list[Item]) -> None:
+        """Run a batch the shared slots took from this worker's lane, and hand it to the
+        writer (called in a slot's thread)."""
+        self._serve(batch, self._to_write)
 
     def _serve(self, batch: list[Item], to_write: _queue.Queue[Any]) -> None:
         assert self._core is not None and self._watchdog is not None and self.queue is not None
@@ -293,10 +298,18 @@ class Worker:
         batch = [i for i in batch if self.queue.holds(i.entry)]
         if not batch:
             return
+        version = self.versions.get(batch[0].version)
+        if version is None:  # retired meanwhile: run what asked for no version on the newest
+            self._rehome(batch, to_write)
+            return
         counts = Counts()
         started = time.time()
         running = self._watchdog.begin(batch)
-        self._core.serve(batch, counts)
+        version.running += 1
+        try:
+            version.core.serve(batch, counts)
+        finally:
+            version.running -= 1
         if self._watchdog.end(running):
             log.warning(
                 "worker %s: the model returned from the batch given up on after %.1fs; its "
@@ -307,8 +320,26 @@ class Worker:
             self._watchdog.refresh()  # and learns which records are no longer its own
             return
         self.stats.add_counts(counts)
-        self._observe_batch(batch, started)
+        self._observe_batch(batch, started, version.core)
         to_write.put(batch)
+
+    def _rehome(self, batch: list[Item], to_write: _queue.Queue[Any]) -> None:
+        """A batch whose version was retired after it was decoded: records that named no
+        version run on the newest; one that named the retired version is answered so."""
+        assert self._core is not None
+        asked = [i for i in batch if wire.native.requested_version(i.entry.fields) is not None]
+        for item in asked:
+            try:
+                self.versions.resolve(item.version)
+            except VersionUnavailableError as exc:
+                self._core.fail(item, exc)
+        if asked:
+            to_write.put(asked)
+        rest = [i for i in batch if i not in asked]
+        for item in rest:
+            item.version = self.versions.current
+        if rest:
+            self._serve(rest, to_write)
 
     def _on_timeout(self, running: Running) -> None:
         """A batch ran past ``params.batch_timeout_s`` (called in the watchdog's thread)."""
@@ -348,30 +379,14 @@ class Worker:
 
     # -------------------------------------------------------------- metrics
 
-    def _observe_batch(self, batch: list[Item], started: float) -> None:
+    def _observe_batch(self, batch: list[Item], started: float, core: BatchCore) -> None:
         """Stage sums of a batch that began at wall time ``started``: queue wait is from the
         record's XADD (its id) to the batch, less its decode."""
-        assert self._core is not None
         decode_s = sum(i.decode_s for i in batch)
         queued_s = sum(max(started - added_at(i.entry.id) - i.decode_s, 0.0) for i in batch)
-        infer_s, post_s = self._core.infer_s, self._core.post_s
+        infer_s, post_s = core.infer_s, core.post_s
         self.stats.add_batch(len(batch), queued_s, decode_s, infer_s, post_s)
         answered = time.perf_counter()
         for item in batch:
             item.answered_at = answered
         self.metrics.record_batch(len(batch), decode_s, infer_s, post_s)
-
-
-def _take(carry: list[Item], size: int) -> tuple[list[Item], list[Item]]:
-    """The next batch out of ``carry`` and what is left: a redelivered record alone, else up
-    to ``size`` first deliveries."""
-    if carry[0].redelivered:
-        return carry[:1], carry[1:]
-    batch: list[Item] = []
-    rest: list[Item] = []
-    for item in carry:
-        if len(batch) < size and not item.redelivered:
-            batch.append(item)
-        else:
-            rest.append(item)
-    return batch, rest

@@ -94,6 +94,7 @@ def encode_results(
     batch: int,
     pairs: Sequence[Pairs] | None,
     replies: Sequence[str] | None = None,
+    origin: tuple[str, int] | None = None,
 ) -> list[bytes]:
     """The encoded result of each record of a batch.
 
@@ -104,11 +105,16 @@ def encode_results(
         replies: each record's protocol (native for all when None): native records get the
             top-N or their tensors, Analytics Zoo records always their tensors in Arrow,
             seed-era records the top-N (or their tensors) as JSON.
+        origin: the model name and version that answered, named in native results.
     """
+    named = native.origin_fields(*origin) if origin else ""
     if replies is None or all(r == NATIVE for r in replies):
         if pairs is not None:
-            return [native.encode_topn(p) for p in pairs]
-        return [native.encode_tensors({k: v[i] for k, v in outputs.items()}) for i in range(batch)]
+            return [native.encode_topn(p, named) for p in pairs]
+        return [
+            native.encode_tensors({k: v[i] for k, v in outputs.items()}, named)
+            for i in range(batch)
+        ]
     out = []
     for i, reply in enumerate(replies):
         record = {k: v[i] for k, v in outputs.items()}
@@ -118,9 +124,9 @@ def encode_results(
         elif reply == SEED:
             out.append(seed.encode_result(record, answer))
         elif answer is not None:
-            out.append(native.encode_topn(answer))
+            out.append(native.encode_topn(answer, named))
         else:
-            out.append(native.encode_tensors(record))
+            out.append(native.encode_tensors(record, named))
     return out
 
 

@@ -11,6 +11,8 @@ A request is one stream entry, every field raw bytes::
     deadline_ms    optional: Unix time in ms after which the record is not worth serving
     reply_to       version 2, optional: a token; the result goes to the sender's private key
                    (``keys.reply``) instead of the uri's
+    version        optional: the model version to run (a positive integer); without it, the
+                   newest version the server serves
 
 Version 2 is version 1 plus ``reply_to``, and a server that drops a uri's claim
 (``keys.uri_claim``) when it writes the uri's result.
@@ -18,9 +20,12 @@ Version 2 is version 1 plus ``reply_to``, and a server that drops a uri's claim
 A result is one bytes value: a JSON header, then (for tensors) ``\\n`` and the C-order bytes of
 every output, one after the other::
 
-    {"v":1,"kind":"topn","value":[[class_index, probability], ...]}
-    {"v":1,"kind":"tensor","outputs":[{"name":"out","dtype":"<f4","shape":[1000]}]}\\n<bytes>
+    {"v":1,"kind":"topn","model":"resnet","version":2,"value":[[class_index, probability], ...]}
+    {"v":1,"kind":"tensor","model":"resnet","version":2,"outputs":[...]}\\n<bytes>
     {"v":1,"kind":"error","code":"bad_shape","message":"..."}
+
+``model`` and ``version`` name what produced an answer (servers before the model repository
+wrote none; readers ignore keys they do not know).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ VERSIONS = (VERSION, VERSION_2)
 F_URI = b"uri"
 F_VERSION = b"zs"
 F_DEADLINE = b"deadline_ms"
+F_MODEL_VERSION = b"version"  # optional: which version of the model to run
 F_REPLY_TO = b"reply_to"
 P_TENSOR = b"tensor:"
 P_DTYPE = b"dtype:"
@@ -69,6 +75,7 @@ class Request:
     uri: bytes
     inputs: list[RawInput] = field(default_factory=list)
     deadline_ms: int | None = None
+    version: int | None = None  # the model version asked for; None: the newest served
 
 
 # ---------------------------------------------------------------- requests
@@ -82,6 +89,7 @@ def encode_request(
     views: bool = False,
     reply_to: bytes | None = None,
     version: bytes = VERSION,
+    model_version: int | None = None,
 ) -> dict[bytes, Any]:
     """Stream fields for one record: an ndarray is a tensor, bytes are an encoded image.
 
@@ -90,6 +98,7 @@ def encode_request(
     change the array (see :func:`zoo_serving.broker.connection.connect`'s ``zero_copy``).
     With ``reply_to`` (a token, version 2), the result goes to ``keys.reply(stream, token)``.
     ``version``: the ``zs`` to send (:data:`VERSION_2` where ``reply_to`` is given).
+    ``model_version``: the version of the model to run (default: the newest served).
     """
     if not inputs:
         raise MissingInputError("a record needs at least one input, got none")
@@ -100,6 +109,8 @@ def encode_request(
     if reply_to is not None:
         fields[F_VERSION] = VERSION_2
         fields[F_REPLY_TO] = reply_to
+    if model_version is not None:
+        fields[F_MODEL_VERSION] = str(int(model_version)).encode()
     for name, value in inputs.items():
         key = name.encode("utf-8")
         if isinstance(value, np.ndarray):
@@ -175,6 +186,7 @@ def decode_request(fields: Mapping[bytes, bytes]) -> Request:
                 "deadline_ms must be an integer of Unix milliseconds (0 to 2**63-1), "
                 f"got {deadline[:32]!r}"
             ) from None
+    req.version = requested_version(fields)
     for key, value in fields.items():
         if key.startswith(P_TENSOR):
             name = _field_name(key, P_TENSOR)
@@ -204,6 +216,26 @@ def decode_request(fields: Mapping[bytes, bytes]) -> Request:
     return req
 
 
+def requested_version(fields: Mapping[bytes, bytes]) -> int | None:
+    """The model version a record asks for, or None (the newest served).
+
+    Raises:
+        DecodeError: not a positive integer.
+    """
+    raw = fields.get(F_MODEL_VERSION)
+    if raw is None:
+        return None
+    try:
+        version = int(raw)
+        if not 0 < version < 2**31:
+            raise ValueError(raw)
+    except ValueError:
+        raise DecodeError(
+            f"version must be a positive integer naming a model version, got {raw[:32]!r}"
+        ) from None
+    return version
+
+
 def reply_token(fields: Mapping[bytes, bytes]) -> bytes | None:
     """The ``reply_to`` token of a version-2 record; None for version 1 (where a field of
     that name is the client's own and ignored) or when there is none."""
@@ -219,15 +251,24 @@ def _field_name(key: bytes, prefix: bytes) -> str:
 # ---------------------------------------------------------------- results
 
 
-def encode_topn(pairs: list[tuple[int, float]]) -> bytes:
-    """A top-N result: ``[[class_index, probability], ...]``, best first.
+def origin_fields(model: str | None, version: int | None) -> str:
+    """The ``"model":...,"version":...`` part of a result header (with its leading comma), or
+    "" when there is nothing to name."""
+    if model is None:
+        return ""
+    return f',"model":{json.dumps(model)},"version":{int(version or 0)}'
 
-    The same bytes as ``json.dumps`` of ``{"v": 1, "kind": "topn", "value": pairs}`` with
-    compact separators, written out directly: a server answering 10,000 records a second
+
+def encode_topn(pairs: list[tuple[int, float]], origin: str = "") -> bytes:
+    """A top-N result: ``[[class_index, probability], ...]``, best first; ``origin`` is
+    :func:`origin_fields` of the model that answered.
+
+    The same bytes as ``json.dumps`` of ``{"v": 1, "kind": "topn", ...origin, "value": pairs}``
+    with compact separators, written out directly: a server answering 10,000 records a second
     spends too long in the generic encoder.
     """
     body = ",".join([f"[{int(i)},{_json_float(p)}]" for i, p in pairs])
-    return f'{{"v":1,"kind":"topn","value":[{body}]}}'.encode()
+    return f'{{"v":1,"kind":"topn"{origin},"value":[{body}]}}'.encode()
 
 
 def _json_float(x: float) -> str:
@@ -237,15 +278,17 @@ def _json_float(x: float) -> str:
     return repr(x) if math.isfinite(x) else f'"{x}"'
 
 
-def encode_tensors(outputs: Mapping[str, np.ndarray]) -> bytes:
-    """A tensor result: header, newline, then the C-order bytes of each output in order."""
+def encode_tensors(outputs: Mapping[str, np.ndarray], origin: str = "") -> bytes:
+    """A tensor result: header, newline, then the C-order bytes of each output in order;
+    ``origin`` is :func:`origin_fields` of the model that answered."""
     meta = []
     blobs = []
     for name, arr in outputs.items():
         arr = np.asarray(arr)  # a numpy scalar (a [batch] output's row) becomes 0-d
         meta.append({"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape)})
         blobs.append(arr.tobytes())
-    header = json.dumps({"v": 1, "kind": "tensor", "outputs": meta}, separators=(",", ":"))
+    outs = json.dumps(meta, separators=(",", ":"))
+    header = f'{{"v":1,"kind":"tensor"{origin},"outputs":{outs}}}'
     return b"\n".join([header.encode(), b"".join(blobs)])
 
 
@@ -262,6 +305,28 @@ def encode_exception(exc: BaseException) -> bytes:
 
 
 ResultValue = Union[list, np.ndarray, dict, ZooServingError]  # noqa: UP007 - runtime alias
+
+
+@dataclass(frozen=True)
+class Result:
+    """A result with what produced it: the value (as :func:`decode_result` gives it), and the
+    model and version that answered (None for an error, or from a server that names none)."""
+
+    value: ResultValue
+    model: str | None = None
+    version: int | None = None
+
+
+def decode_full(blob: bytes) -> Result:
+    """The value of a result and the model and version that produced it."""
+    head = blob.partition(b"\n")[0]
+    value = decode_result(blob)
+    try:
+        meta = json.loads(head)
+    except ValueError:
+        return Result(value)
+    version = meta.get("version")
+    return Result(value, meta.get("model"), int(version) if version is not None else None)
 
 
 def decode_result(blob: bytes) -> ResultValue:
