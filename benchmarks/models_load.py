@@ -1,0 +1,110 @@
+"""Machinery of ``test_models.py``: a repository of MLPs of chosen cost, and load drivers, one
+process per model, each an open or closed loop of :mod:`zoo_serving.bench` on the model's own
+stream (so one model's driver never shares a GIL with another's)."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+IN = 256  # inputs of every MLP
+
+
+def mlp(path: Path, hidden: int, seed: int = 0) -> Path:
+    """An ONNX MLP ``[N, 256] -> hidden -> hidden -> 10`` with a softmax; its cost grows with
+    ``hidden`` squared."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    dims = [IN, hidden, hidden, 10]
+    nodes, inits, last = [], [], "x"
+    for i, (a, b) in enumerate(zip(dims, dims[1:])):
+        w = numpy_helper.from_array(
+            (rng.normal(size=(a, b)) / np.sqrt(a)).astype(np.float32), f"w{i}"
+        )
+        inits.append(w)
+        nodes.append(helper.make_node("MatMul", [last, f"w{i}"], [f"h{i}"]))
+        last = f"h{i}"
+        if i < len(dims) - 2:
+            nodes.append(helper.make_node("Relu", [last], [f"r{i}"]))
+            last = f"r{i}"
+    nodes.append(helper.make_node("Softmax", [last], ["prob"], axis=1))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", IN])
+    y = helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 10])
+    graph = helper.make_graph(nodes, "mlp", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def repository(root: Path, hidden: Mapping[str, int], **model_yaml: str) -> Path:
+    """``root/<name>/1/m.onnx`` for each name; ``model_yaml`` text per name, if given."""
+    for i, (name, size) in enumerate(hidden.items()):
+        mlp(root / name / "1" / "m.onnx", size, seed=i)
+        if name in model_yaml:
+            (root / name / "model.yaml").write_text(model_yaml[name])
+    return root
+
+
+def inputs(count: int = 16, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.normal(size=IN).astype(np.float32)} for _ in range(count)]
+
+
+@dataclass(frozen=True)
+class Load:
+    """One model's load: an open loop at ``rate`` records/s, or a closed loop of ``clients``."""
+
+    stream: str
+    rate: float = 0.0
+    clients: int = 0
+
+
+def _child(conn: Any, url: str, load: Load, duration_s: float, warmup_s: float) -> None:
+    from zoo_serving.bench import closed_loop, open_loop
+
+    try:
+        common = dict(duration_s=duration_s, warmup_s=warmup_s, server_split=False)
+        if load.clients:
+            point = closed_loop(url, load.stream, inputs(), clients=load.clients, **common)
+        else:
+            point = open_loop(url, load.stream, inputs(), rate=load.rate, **common)
+        conn.send(("ok", point))
+    except BaseException as exc:  # the parent raises it
+        conn.send(("error", repr(exc)))
+    finally:
+        conn.close()
+
+
+def drive(
+    url: str, loads: Mapping[str, Load], duration_s: float, warmup_s: float = 1.0
+) -> dict[str, Any]:
+    """Run every load at once, one process each; their :class:`LoadPoint` by name."""
+    ctx = multiprocessing.get_context("spawn")
+    running = []
+    for name, load in loads.items():
+        reader, writer = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_child, args=(writer, url, load, duration_s, warmup_s))
+        proc.start()
+        writer.close()
+        running.append((name, proc, reader))
+    out = {}
+    for name, proc, reader in running:
+        kind, value = reader.recv()
+        proc.join(60)
+        if kind != "ok":
+            raise RuntimeError(f"load on {name} failed: {value}")
+        out[name] = value
+    return out
+
+
+def p99(point: Any) -> float:
+    return float(point.latency_ms.get("p99", float("nan")))
