@@ -256,3 +256,88 @@ def answer_of(db: Any, stream: str, uri: str, timeout_s: float = 30) -> Any:
     reply = db.blpop([keys.result(stream, uri)], timeout=timeout_s)
     assert reply is not None, f"no result for {uri} on {stream}"
     return decode_full(reply[1])
+
+
+class SwapUnderLoad:
+    """A hot swap of model ``m`` (version 1, ``x * 2``, to version 2, ``x * 3``) under a steady
+    load, as the repository tests of every runner run it: start the load, copy version 2 into
+    the repository (``repository.control: poll``), optionally kill a worker meanwhile, wait
+    until every live worker serves version 2, stop the load, and check every record got
+    exactly one answer, from either version, with nothing pending or dead-lettered."""
+
+    def __init__(self, root: Path, redis_url: str, stream: str) -> None:
+        import threading
+
+        self.root = root
+        self.redis_url = redis_url
+        self.stream = stream
+        self.sent: list[tuple[str, np.ndarray]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._send, daemon=True)
+        scale_model(root / "m" / "1" / "m.onnx", 2.0)
+
+    def config(self, work: Path, runner: str, **params: Any) -> dict[str, Any]:
+        return {
+            "model": {"repository": str(self.root)},
+            "data": {"src": self.redis_url, "stream": self.stream, "shape": "4"},
+            "params": {
+                "top_n": 0,
+                "batch_size": 4,
+                "runner": runner,
+                "workers": 2,
+                "claim_idle_ms": 1000,
+                **params,
+            },  # fmt: skip
+            "repository": {"control": "poll", "poll_s": 0.2},
+            "log": {"dir": str(work)},
+        }
+
+    def _send(self) -> None:
+        import time
+
+        from zoo_serving import InputQueue
+
+        rng = np.random.default_rng(3)
+        with InputQueue(url=self.redis_url, name=self.stream, model="m") as queue:
+            while not self._stop.is_set():
+                x = rng.normal(size=4).astype(np.float32)
+                uri = f"r{len(self.sent)}"
+                queue.enqueue(uri, t=x)
+                self.sent.append((uri, x))
+                time.sleep(0.003)
+
+    def run(self, server: Any, kill: Any = None, timeout_s: float = 90) -> None:
+        """The swap, with ``kill()`` called once version 2 is on its way."""
+        import shutil
+        import time
+
+        self._thread.start()
+        time.sleep(1.0)
+        staging = scale_model(self.root.parent / "staging" / "m.onnx", 3.0)
+        (self.root / "m" / "2").mkdir()
+        shutil.copy(staging, self.root / "m" / "2")
+        if kill is not None:
+            time.sleep(0.3)
+            kill()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            workers = server.models.get("m").workers
+            if workers and all(w.get("current") == 2 for w in workers.values()):
+                break
+            assert time.monotonic() < deadline, f"not every worker swapped: {workers}"
+            time.sleep(0.1)
+        time.sleep(1.0)
+        self._stop.set()
+        self._thread.join()
+
+    def check(self, redis_client: Any) -> None:
+        versions = []
+        for uri, x in self.sent:
+            got = answer_of(redis_client, self.stream, uri, timeout_s=60)
+            assert got.model == "m", (uri, got.value)
+            np.testing.assert_allclose(got.value, x * {1: 2.0, 2: 3.0}[got.version], rtol=1e-6)
+            versions.append(got.version)
+        assert {1, 2} <= set(versions)
+        assert redis_client.xpending(self.stream, "serving")["pending"] == 0
+        assert redis_client.xlen(keys.dead_letter(self.stream)) == 0
+        assert redis_client.xlen(self.stream) == 0

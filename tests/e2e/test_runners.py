@@ -421,3 +421,18 @@ def test_ray_an_actor_stuck_on_a_hanging_record_is_replaced(
     direct = sentinel_direct(model_dir, np.delete(xs, 1, axis=0))
     for j, i in enumerate((0, 2, 3)):
         assert_top_n(results[f"h{i}"], direct[j], TOP_N)
+
+
+def test_ray_a_swap_under_load_with_an_actor_killed_loses_nothing(
+    tmp_path, redis_url, redis_client, stream, ray_head
+) -> None:
+    import ray
+
+    from helpers import SwapUnderLoad
+
+    swap = SwapUnderLoad(tmp_path / "models", redis_url, stream)
+    raw = swap.config(tmp_path / "work", "ray")
+    raw["ray"] = {"address": ray_head}
+    with Server(raw) as server:
+        swap.run(server, lambda: ray.kill(server.runner.actors[0]))  # type: ignore[union-attr]
+    swap.check(redis_client)

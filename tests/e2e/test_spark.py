@@ -367,3 +367,24 @@ def test_standalone_cluster_serves_each_record_once(
     # the executors loaded the model shipped with the job, not the driver's directory
     logs = "".join(p.read_text(errors="replace") for p in work.rglob("stderr"))
     assert "zs-model-" in logs and "ready: onnx model" in logs
+
+
+def test_a_swap_under_load_with_a_task_killed_loses_nothing(
+    spark, tmp_path, redis_url, redis_client, stream
+) -> None:
+    import os
+    import signal
+
+    from helpers import SwapUnderLoad
+    from zoo_serving import Server
+
+    swap = SwapUnderLoad(tmp_path / "models", redis_url, stream)
+    raw = swap.config(tmp_path / "work", "spark")
+
+    def kill() -> None:  # the Python worker of one task: Spark retries the task
+        pid = next(iter(beats(redis_client, stream).values()))["pid"]
+        os.kill(pid, signal.SIGKILL)
+
+    with Server(raw) as server:  # on the module's SparkSession, the active one
+        swap.run(server, kill, timeout_s=120)
+    swap.check(redis_client)

@@ -44,25 +44,18 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..broker.connection import connect
 from ..broker.presence import HEARTBEAT_TTL_S, Presence, request_stop
-from ..broker.queue import consumer_name
 from ..config import Config, load_config
-from ..errors import ConfigError, ServerError, ZooServingError
-from ..serving.host import make_worker
+from ..errors import ConfigError, ServerError
+from ..repository.control import RepositoryController
 from ..serving.remote import (
-    PACKAGE_LOGGER,
-    leave_stuck_process,
     package_log_level,
-    picklable_error,
-    setup_worker_logging,
     shipped_config,
 )
 from ..spark.session import (
-    ModelLocation,
     active_session,
     is_local,
     local_threads,
@@ -72,6 +65,7 @@ from ..spark.session import (
     task_slots,
 )
 from .base import Runner
+from .spark_tasks import serve_task
 
 __all__ = ["SparkRunner", "serve_on", "worker_count"]
 
@@ -91,63 +85,6 @@ def worker_count(config: Config, master: str | None = None) -> int:
     if local_threads(master or config.spark.master) is not None:
         slots = min(slots, os.cpu_count() or 1)
     return max(1, slots)
-
-
-def _serve_task(
-    raw: dict[str, Any],
-    job_id: str,
-    model: ModelLocation | None,
-    log_level: int,
-    error_log: bool,
-    index: int,
-    _: Iterable[int],
-) -> Iterator[tuple[str, Any]]:
-    """One Spark task: one Worker serving until a stop request; yields ("done", counts) or
-    ("error", the ZooServingError that kept it from starting)."""
-    from pyspark import TaskContext
-
-    config = load_config(raw)
-    # this task's log handlers, removed when it ends: Spark reuses the process for others
-    package = logging.getLogger(PACKAGE_LOGGER)
-    before = set(package.handlers)
-    setup_worker_logging(
-        config, log_level, f"spark-worker-{index}[{os.getpid()}]", error_log=error_log
-    )
-    try:
-        yield from _serve(config, job_id, model, index, TaskContext.get())
-    finally:
-        for handler in [h for h in package.handlers if h not in before]:
-            package.removeHandler(handler)
-            handler.close()
-
-
-def _serve(
-    config: Config, job_id: str, model: ModelLocation | None, index: int, context: Any
-) -> Iterator[tuple[str, Any]]:
-    # framework threads: params.threads, else the CPUs Spark gave this task (spark.task.cpus)
-    threads = config.params.threads or (context.cpus() if context is not None else 1)
-    try:
-        config = config.replace(**{"params.threads": threads})
-        if model is not None:  # a repository's versions are read where the server found them
-            config = config.replace(**{"model.path": model.resolve()})
-        worker = make_worker(config, name=consumer_name(f"{job_id}-{index}"), leave_when_stuck=True)
-    except ZooServingError as exc:
-        yield ("error", picklable_error(exc))
-        return
-    try:
-        try:
-            worker.load()
-        except ZooServingError as exc:  # retrying will not help: report it to the driver
-            log.error("spark worker %d could not start: %s", index, exc)
-            yield ("error", picklable_error(exc))
-            return
-        worker.run(threading.Event())  # its heartbeat thread watches the control key
-    finally:
-        worker.close()
-    if worker.left_stuck:  # the task fails with its Python worker, and Spark retries it
-        leave_stuck_process()
-    stats = worker.stats
-    yield ("done", {"name": worker.name, "succeeded": stats.succeeded, "failed": stats.failed})
 
 
 class SparkRunner(Runner):
@@ -177,6 +114,9 @@ class SparkRunner(Runner):
         self._stopping = False
         self._redis: Any = None
         self._ready = (0, 0.0)  # (count, monotonic time read)
+        #: the repository's index and wanted state, when serve_on serves one (a Server runs its
+        #: own); stopped with the runner
+        self.repository: RepositoryController | None = None
         self._workers: int | None = None
 
     # ------------------------------------------------------------ size
@@ -231,7 +171,7 @@ class SparkRunner(Runner):
         path = self.config.model.path
         model = model_location(sc, path) if path else None
         job = functools.partial(
-            _serve_task,
+            serve_task,
             shipped_config(self.config, resolve_threads=False),
             self._job_id,
             model,
@@ -301,6 +241,10 @@ class SparkRunner(Runner):
             self._session.sparkContext.cancelJobsWithTag(f"zoo-serving-{self._job_id}")
 
     def _release(self) -> None:
+        if self.repository is not None and not self._alive():
+            self.repository.stop()
+            self.repository.control.redis.close()
+            self.repository = None
         if self._redis is not None:
             try:  # beats of workers that died without clearing them
                 if not self._alive():
@@ -373,8 +317,11 @@ def serve_on(
         ServerError: the workers did not get ready within ``timeout_s``.
         ZooServingError: the error a worker met starting (bad model, Redis unreachable).
     """
-    runner = SparkRunner(load_config(config), session=spark, error_log=False)
+    config = load_config(config)
+    runner = SparkRunner(config, session=spark, error_log=False)
     try:
+        if config.model.repository:  # no Server here: publish the models workers follow
+            runner.repository = RepositoryController(config, connect(config.data)).start()
         runner.start()
         if wait_ready and not runner.wait_ready(timeout_s):
             runner.raise_if_failed()

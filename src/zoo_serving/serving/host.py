@@ -78,7 +78,9 @@ class ModelHost:
         self._wanted: dict[str, dict[str, Any]] = {}
         self._published = 0.0
         self._refusers: dict[str, Refuser] = {}
-        self.table = ModelTable(config, self.slots, self.scheduler, self.metrics, leave_when_stuck)
+        self.table = ModelTable(
+            config, self.slots, self.scheduler, self.metrics, leave_when_stuck, name=self.name
+        )
         self.budget = MemoryBudget(
             self.table, config.params.memory_budget, self._wanted_versions, lambda: self._redis
         )

@@ -31,6 +31,8 @@ class ModelTable:
         scheduler: the slots' scheduler, which every model's worker feeds.
         metrics: the server's metrics sink.
         leave_when_stuck: handed to every model's worker.
+        name: the host's consumer name, every model's worker's too (one per model stream), so
+            a runner that counts its workers by name (Spark's job id) finds them.
         before_load: called with a model about to load (makes room under the memory budget).
     """
 
@@ -42,8 +44,10 @@ class ModelTable:
         metrics: Metrics,
         leave_when_stuck: bool,
         before_load: Callable[[ModelState], None] | None = None,
+        name: str | None = None,
     ) -> None:
         self.config = config
+        self.name = name
         self.slots = slots
         self.scheduler = scheduler
         self.metrics = metrics
@@ -84,6 +88,7 @@ class ModelTable:
             before, started = rss_bytes(), time.monotonic()
             worker = Worker(
                 cfg,
+                name=self.name,
                 model_name=state.name,
                 version=first,
                 executor=self.scheduler,
