@@ -99,6 +99,7 @@ def _serve_task(
     model: ModelLocation,
     log_level: int,
     error_log: bool,
+    server_id: str,
     index: int,
     _: Iterable[int],
 ) -> Iterator[tuple[str, Any]]:
@@ -114,7 +115,7 @@ def _serve_task(
         config, log_level, f"spark-worker-{index}[{os.getpid()}]", error_log=error_log
     )
     try:
-        yield from _serve(config, job_id, model, index, TaskContext.get())
+        yield from _serve(config, job_id, model, index, TaskContext.get(), server_id)
     finally:
         for handler in [h for h in package.handlers if h not in before]:
             package.removeHandler(handler)
@@ -122,13 +123,14 @@ def _serve_task(
 
 
 def _serve(
-    config: Config, job_id: str, model: ModelLocation, index: int, context: Any
+    config: Config, job_id: str, model: ModelLocation, index: int, context: Any, server_id: str
 ) -> Iterator[tuple[str, Any]]:
     # framework threads: params.threads, else the CPUs Spark gave this task (spark.task.cpus)
     threads = config.params.threads or (context.cpus() if context is not None else 1)
     try:
         config = config.replace(**{"model.path": model.resolve(), "params.threads": threads})
-        worker = Worker(config, name=consumer_name(f"{job_id}-{index}"), leave_when_stuck=True)
+        name = consumer_name(f"{job_id}-{index}")
+        worker = Worker(config, name=name, leave_when_stuck=True, server_id=server_id)
     except ZooServingError as exc:
         yield ("error", picklable_error(exc))
         return
@@ -145,7 +147,8 @@ def _serve(
     if worker.left_stuck:  # the task fails with its Python worker, and Spark retries it
         leave_stuck_process()
     stats = worker.stats
-    yield ("done", {"name": worker.name, "succeeded": stats.succeeded, "failed": stats.failed})
+    counts = {"name": worker.name, "succeeded": stats.succeeded, "failed": stats.failed}
+    yield ("done", {**counts, "stats": stats.published()})
 
 
 class SparkRunner(Runner):
@@ -234,6 +237,7 @@ class SparkRunner(Runner):
             model,
             package_log_level(),
             self._error_log and is_local(sc.master),
+            self.server_id,
         )
         self._thread = InheritableThread(
             target=self._run_job, args=(sc, n, job), name=f"zoo-serving-spark-{self._job_id}"
@@ -263,6 +267,8 @@ class SparkRunner(Runner):
                 self._errors.append(value)
             else:
                 self._results.append(value)
+                if self.metrics is not None:  # its counts, the drain after its last beat too
+                    self.metrics.worker_ended(value["name"], value["stats"])
                 log.info(
                     "spark worker %s ended: %d succeeded, %d failed",
                     value["name"],

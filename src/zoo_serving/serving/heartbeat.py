@@ -34,6 +34,8 @@ class Heartbeat:
         started: when the worker started (wall clock); older stop requests are ignored.
         stuck: seconds the worker has been stuck in a batch past ``params.batch_timeout_s``
             (0 when it is not).
+        server_id: the server whose runner started the worker ("" without one): its
+            /metrics and TensorBoard summary count the workers that name it.
     """
 
     def __init__(
@@ -45,6 +47,7 @@ class Heartbeat:
         *,
         started: float,
         stuck: Callable[[], float] = lambda: 0.0,
+        server_id: str = "",
     ) -> None:
         self.presence = presence
         self.config = config
@@ -52,6 +55,7 @@ class Heartbeat:
         self.stats = stats
         self.started = started
         self.stuck = stuck
+        self.server_id = server_id
 
     def announce(self, model: Model) -> None:
         """Say what the model takes and gives, and that a worker is ready."""
@@ -81,19 +85,14 @@ class Heartbeat:
 
     def body(self, ready: bool) -> dict[str, Any]:
         """The heartbeat's JSON fields, in the order they are published."""
-        stats = self.stats
         return {
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "runner": self.config.params.runner,
+            "server": self.server_id,
             "ready": ready,
             "stuck_s": round(self.stuck(), 1),  # in a batch past params.batch_timeout_s
-            "succeeded": stats.succeeded,
-            "failed": stats.failed,
-            "served_1m": stats.recent.count(),  # answered in the last minute
-            "failures": dict(stats.failures_by_code),  # by error code
-            "batches": stats.batches,
-            "stages": stats.stages(),
+            **self.stats.published(),  # counts, stage sums, histograms
             "started": self.started,
             "ts": time.time(),
         }

@@ -19,7 +19,6 @@ from .. import keys, wire
 from ..broker.queue import Entry, Queue
 from ..config import Config
 from ..errors import ServerError, ZooServingError
-from ..observe.metrics import Metrics
 from .batch import BatchCore, Record, check_deadline
 from .preprocess import Preprocessor
 from .retry import is_permanent, until_done
@@ -54,7 +53,6 @@ class Reader:
         queue: the worker's queue.
         preprocess: decodes a record's payload into model inputs.
         core: the batch core (answers failed records with their error).
-        metrics: the server's metrics sink.
         paused: True while the worker must not take more records (it is stuck on a batch).
     """
 
@@ -64,14 +62,12 @@ class Reader:
         queue: Queue,
         preprocess: Preprocessor,
         core: BatchCore,
-        metrics: Metrics,
         paused: Callable[[], bool],
     ) -> None:
         self.config = config
         self.queue = queue
         self.preprocess = preprocess
         self.core = core
-        self.metrics = metrics
         self.paused = paused
         self.drained = True  # the last read emptied the stream
         self.abandoned = threading.Event()  # set when nothing downstream takes records anymore
@@ -138,7 +134,6 @@ class Reader:
             if item is None:
                 continue
             item.decode_s = time.perf_counter() - started
-            self.metrics.record_decode(entry.id, item.decode_s)
             if item.result is not None:
                 failed.append(item)
                 continue
