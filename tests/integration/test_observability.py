@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import threading
 import time
 
-import httpx
 import numpy as np
 import pytest
 import redis as redis_lib
-from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import jpeg
+from helpers import assert_observed, scrape, scrape_when, summary_scalars
 from zoo_serving import InputQueue, Server, keys
 from zoo_serving.broker.embedded import ManagedRedis, free_port
 from zoo_serving.errors import DecodeError, ServerError, ShapeError
@@ -33,16 +33,6 @@ def records() -> list[tuple[str, dict, str | None]]:
             out.append((f"bad-image-{i}", {"input": b"\xff\xd8 not a jpeg"}, DecodeError.code))
         if i % 200 == 11:
             out.append((f"bad-shape-{i}", {"input": np.zeros((3, 8, 8), np.float32)}, "bad_shape"))
-    return out
-
-
-def scrape(url: str) -> dict[str, dict[tuple, float]]:
-    """/metrics as {sample name: {sorted label items: value}}."""
-    text = httpx.get(url, timeout=5).text
-    out: dict[str, dict[tuple, float]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
     return out
 
 
@@ -124,32 +114,38 @@ def test_summary_metrics_and_error_log_account_for_every_record(
     assert error_log.count("record failed") == bad_image + bad_shape
 
 
-def test_worker_counters_come_from_every_runner(serve, onnx_model_dir, client, output) -> None:
-    """Workers in other processes (processes runner) count in /metrics too: per worker, from
-    their heartbeats, records by outcome, failures by reason and the stage split."""
+def test_worker_processes_feed_the_same_metrics_summary_and_error_log(
+    serve, onnx_model_dir, client, output, tmp_path, redis_url, redis_client, stream
+) -> None:
+    """Workers in other processes (processes runner) count as in-process ones do: the
+    unlabelled series, workers and TensorBoard scalars from their heartbeats and final counts,
+    the error log from their own handlers; and per worker, from their heartbeats, records by
+    outcome, failures by reason and the stage split."""
     sent = records()[:300]
     good = sum(code is None for _, _, code in sent)
-    failed = {code: sum(c == code for _, _, c in sent) for _, _, code in sent if code}
+    bad = {uri: code for uri, _, code in sent if code}
+    failed = {code: sum(c == code for c in bad.values()) for code in bad.values()}
     port = free_port()
     server = serve(
         onnx_model_dir,
-        **{"log.metrics_port": port, "params.runner": "processes", "params.workers": 2},
+        **{
+            "log.metrics_port": port,
+            "log.summary": "y",
+            "params.runner": "processes",
+            "params.workers": 2,
+            "params.batch_size": 8,
+        },
     )
     client.enqueue_many((u, inputs) for u, inputs, _ in sent)
     results = output.query_many([u for u, _, _ in sent], timeout=60)
     assert len(results) == len(sent)
-    deadline = time.monotonic() + 10  # heartbeats come once a second
-    while True:
-        now = scrape(server.metrics.metrics_url)
-        per_worker = now.get("zoo_serving_worker_records_total", {})
-        ok = sum(v for k, v in per_worker.items() if ("outcome", "succeeded") in k)
-        if ok == good or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    now = scrape_when(server.metrics.metrics_url, good, failed, workers=2)
+    per_worker = now["zoo_serving_worker_records_total"]
+    ok = sum(v for k, v in per_worker.items() if ("outcome", "succeeded") in k)
     assert ok == good, per_worker
     assert len({dict(k)["worker"] for k in per_worker}) == 2  # both processes reported
-    bad = sum(v for k, v in per_worker.items() if ("outcome", "failed") in k)
-    assert bad == sum(failed.values())
+    bad_count = sum(v for k, v in per_worker.items() if ("outcome", "failed") in k)
+    assert bad_count == len(bad)
     reasons: dict[str, float] = {}
     for k, v in now["zoo_serving_worker_failures_total"].items():
         reasons[dict(k)["reason"]] = reasons.get(dict(k)["reason"], 0) + v
@@ -162,6 +158,37 @@ def test_worker_counters_come_from_every_runner(serve, onnx_model_dir, client, o
             if ("stage", stage) in k
         )
         assert seconds > 0, stage
+
+    # stopped under load: what the workers answered after their last beat (they beat every
+    # second, and not while draining) reaches the summary through their final counts
+    stop_sending = threading.Event()
+
+    def send_more() -> None:
+        x = np.zeros((3, 32, 32), np.float32)
+        with InputQueue(url=redis_url, name=stream) as more:
+            for first in itertools.count(0, 100):
+                if stop_sending.is_set():
+                    return
+                more.enqueue_many((f"more-{i}", {"input": x}) for i in range(first, first + 100))
+
+    sender = threading.Thread(target=send_more)
+    sender.start()
+    try:
+        deadline = time.monotonic() + 30
+        while redis_client.llen(keys.finished(stream)) < len(sent) + 500:
+            assert time.monotonic() < deadline, "the second load did not start"
+            time.sleep(0.01)
+        server.stop()
+    finally:
+        stop_sending.set()
+        sender.join()
+    answered = redis_client.llen(keys.finished(stream))
+    work = tmp_path / "work"
+    error_log = (work / "error.log").read_text()
+    scalars = summary_scalars(work)
+    assert_observed(now, scalars, error_log, good, bad, workers=2, answered=answered)
+    assert error_log.count("worker-0[") and error_log.count("worker-1[")  # each process wrote
+    assert scalars["Partition Number"][-1] == 0  # and both stopped
 
 
 def test_error_log_has_the_server_events(onnx_model_dir, tmp_path) -> None:
