@@ -246,3 +246,30 @@ def test_a_metrics_port_in_use_is_a_clear_error(serve, onnx_model_dir) -> None:
         port = busy.getsockname()[1]
         with pytest.raises(ServerError, match=f"log.metrics_port: cannot serve .*:{port}"):
             serve(onnx_model_dir, **{"log.metrics_port": port})
+
+
+def test_a_failing_heartbeat_is_a_warning_once_and_its_recovery_is_logged(
+    serve, onnx_model_dir, redis_client, stream, tmp_path
+) -> None:
+    """The workers hash turned into a string: every beat fails with WRONGTYPE, which the error
+    log says once, not every second; once it is a hash again, it says the beats recovered."""
+    serve(onnx_model_dir)
+    log_path = tmp_path / "work" / "error.log"
+    workers = keys.workers(stream)
+    failing = f"heartbeat on {workers} failed: ResponseError: WRONGTYPE"
+
+    def wait_for(text: str) -> None:
+        deadline = time.monotonic() + 15
+        while text not in log_path.read_text():
+            assert time.monotonic() < deadline, f"{text!r} not in the error log"
+            time.sleep(0.05)
+
+    redis_client.set(workers, "not a hash")
+    wait_for(failing)
+    time.sleep(3.5)  # three more beats fail
+    redis_client.delete(workers)
+    wait_for("heartbeat recovered")
+    text = log_path.read_text()
+    assert text.count(failing) == 1, text
+    assert "WARNING zoo_serving.worker: worker " in text.split(failing)[0].splitlines()[-1]
+    assert text.count("heartbeat recovered") == 1

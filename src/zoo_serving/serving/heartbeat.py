@@ -20,7 +20,8 @@ from ..config import Config
 from ..observe.stats import WorkerStats
 from .postprocess import answers_with_top_n
 
-log = logging.getLogger(__name__)
+# the logger name error.log lines carry, as docs/observability.md shows them
+log = logging.getLogger("zoo_serving.worker")
 
 
 class Heartbeat:
@@ -67,7 +68,11 @@ class Heartbeat:
             log.warning("announcing worker %s failed: %s", self.name, exc)
 
     def loop(self, stop: threading.Event, ready: Callable[[], bool]) -> None:
-        """Beat until ``stop`` is set; set it when a stop request arrives."""
+        """Beat until ``stop`` is set; set it when a stop request arrives.
+
+        A failing beat is logged at WARNING when it starts failing (and again when the error
+        changes kind), and once when it beats again; not every second in between."""
+        failing = ""  # the kind of error the beats fail with now, "" while they succeed
         while not stop.is_set():
             try:
                 self.beat(ready())
@@ -76,7 +81,24 @@ class Heartbeat:
                     log.info("worker %s: stop requested through %s", self.name, control)
                     stop.set()
             except Exception as exc:
-                log.debug("heartbeat failed: %s", exc)
+                kind = type(exc).__name__
+                if kind != failing:
+                    log.warning(
+                        "worker %s: heartbeat on %s failed: %s: %s; status, readiness and "
+                        "metrics do not see this worker until it beats again (every %gs)",
+                        self.name,
+                        keys.workers(self.presence.stream),
+                        kind,
+                        exc,
+                        HEARTBEAT_S,
+                    )
+                else:
+                    log.debug("worker %s: heartbeat failed again: %s", self.name, exc)
+                failing = kind
+            else:
+                if failing:
+                    log.info("worker %s: heartbeat recovered", self.name)
+                    failing = ""
             stop.wait(HEARTBEAT_S)
 
     def beat(self, ready: bool) -> None:
