@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import socket
 import threading
 import time
@@ -11,11 +12,13 @@ import time
 import numpy as np
 import pytest
 import redis as redis_lib
+import yaml
 
 from conftest import jpeg
 from helpers import assert_observed, scrape, scrape_when, summary_scalars
 from zoo_serving import InputQueue, Server, keys
 from zoo_serving.broker.embedded import ManagedRedis, free_port
+from zoo_serving.cli import main as zoo_serve
 from zoo_serving.errors import DecodeError, ServerError, ShapeError
 from zoo_serving.observe.metrics import SUMMARY_TAGS
 from zoo_serving.observe.stats import STAGES
@@ -273,3 +276,62 @@ def test_a_failing_heartbeat_is_a_warning_once_and_its_recovery_is_logged(
     assert text.count(failing) == 1, text
     assert "WARNING zoo_serving.worker: worker " in text.split(failing)[0].splitlines()[-1]
     assert text.count("heartbeat recovered") == 1
+
+
+def test_stream_counts_redis_refuses_are_shown_not_zeros(
+    serve, onnx_model_dir, redis_url, redis_client, stream, tmp_path, capsys
+) -> None:
+    """The dead-letter key taken by a string (WRONGTYPE) and a user that may not run XINFO
+    (NOPERM): status shows Redis' error where the counts go, in text and JSON, and the
+    Prometheus stream gauges say NaN, not 0, with one warning in the error log."""
+    port = free_port()
+    server = serve(onnx_model_dir, **{"log.metrics_port": port})
+    dead = keys.dead_letter(stream)
+    redis_client.set(dead, "not a stream")
+    raw = {
+        "model": {"path": str(onnx_model_dir)},
+        "data": {"src": redis_url, "stream": stream, "shape": "3,32,32"},
+        "log": {"dir": str(tmp_path / "work")},
+    }
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+
+    def status(*extra: str) -> tuple[int, str]:
+        capsys.readouterr()
+        code = zoo_serve(["status", *extra, "-c", str(config_path)])
+        return code, capsys.readouterr().out
+
+    code, out = status("--json")
+    answer = json.loads(out)
+    assert code == 0 and answer["ready"]  # the workers serve; only a count is refused
+    assert f"XLEN {dead}: WRONGTYPE" in answer["stream_error"], answer
+    assert "dead_letter" not in answer and "queued" not in answer
+    code, out = status()
+    assert f"stream counts: counting stream {stream} failed: XLEN {dead}: WRONGTYPE" in out
+    assert "dead letters: 0" not in out
+
+    deadline = time.monotonic() + 10  # the monitor refreshes the gauges once a second
+    while not math.isnan(scrape(server.metrics.metrics_url)["zoo_serving_dead_letter"][()]):
+        assert time.monotonic() < deadline, "the dead-letter gauge never said NaN"
+        time.sleep(0.1)
+    time.sleep(2.5)  # more refreshes, still refused
+    redis_client.delete(dead)
+    while scrape(server.metrics.metrics_url)["zoo_serving_dead_letter"][()] != 0:
+        assert time.monotonic() < deadline + 10, "the dead-letter gauge did not come back"
+        time.sleep(0.1)
+    error_log = (tmp_path / "work" / "error.log").read_text()
+    assert error_log.count(f"WARNING zoo_serving.metrics: counting stream {stream} failed") == 1
+    assert f"counting stream {stream} recovered" in error_log
+
+    user = f"no-xinfo-{stream}"
+    redis_client.acl_setuser(
+        user, enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-xinfo"]
+    )
+    try:
+        raw["data"].update({"username": user, "password": "pw"})
+        config_path.write_text(yaml.safe_dump(raw))
+        code, out = status("--json")
+    finally:
+        redis_client.acl_deluser(user)
+    error = json.loads(out)["stream_error"]
+    assert f"XINFO GROUPS {stream}: NOPERM" in error and "ACL SETUSER" in error, error

@@ -1,5 +1,6 @@
 """``zoo-serve status``: ready or not, the server of this work directory, and the stream's
-workers, counts and throughput from Redis; exit 0 only when ready."""
+workers, counts and throughput from Redis; exit 0 only when ready. When Redis refuses the
+stream's counts, the error is shown in their place (``stream_error`` in ``--json``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from typing import Any
 
 from ..broker.streams import stream_stats
-from ..errors import ZooServingError
+from ..errors import QueueError, ZooServingError
 from .common import EXIT_NOT_READY, EXIT_OK, load, presence, read_server
 
 
@@ -25,7 +26,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             beats = workers.live_heartbeats()
             status["ready"] = any(beat.get("ready") for beat in beats.values())
             status["workers"] = [{"name": name, **beat} for name, beat in beats.items()]
-            status.update(stream_stats(workers.redis, cfg.data.stream, cfg.data.group))
+            try:
+                status.update(stream_stats(workers.redis, cfg.data.stream, cfg.data.group))
+            except QueueError as exc:  # the error, not zeros that look like an idle stream
+                status["stream_error"] = str(exc)
     except ZooServingError as exc:
         status["redis"] = str(exc)
         return _print_status(status, args)
@@ -51,10 +55,13 @@ def _print_status(status: dict[str, Any], args: argparse.Namespace) -> int:
     if "redis" in status:
         print(f"  redis: {status['redis']}")
     else:
-        print(
-            f"  queued: {status['queued']}  lag: {status['lag']}  pending: {status['pending']}"
-            f"  dead letters: {status['dead_letter']}"
-        )
+        if "stream_error" in status:
+            print(f"  stream counts: {status['stream_error']}")
+        else:
+            print(
+                f"  queued: {status['queued']}  lag: {status['lag']}  "
+                f"pending: {status['pending']}  dead letters: {status['dead_letter']}"
+            )
         print(
             f"  served: {status['served']} records, "
             f"{status['throughput_1m']} records/s over the last minute"

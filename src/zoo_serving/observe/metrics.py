@@ -35,6 +35,7 @@ from ..broker.connection import connect
 from ..broker.presence import Presence
 from ..broker.streams import stream_stats
 from ..config import Config
+from ..errors import QueueError
 from .fleet import Fleet, Totals
 from .prometheus import start_endpoint
 from .stats import WorkerStats
@@ -75,6 +76,7 @@ class Metrics:
         self._last: Totals | None = None  # the totals at the summary's last tick
         self._last_serving = -1
         self._gauges: dict[str, Any] = {}
+        self._stream_error = ""  # why the stream gauges are unknown, "" while they are not
         self._http: Any = None
         self._writer: Any = None
         self._redis: Any = None
@@ -162,19 +164,35 @@ class Metrics:
     def refresh(self) -> None:
         """Refresh the stream gauges, log lost workers, take in the heartbeats and write the
         summary points (the monitor's tick)."""
-        assert self.config is not None
-        data = self.config.data
         try:
             if self._gauges:
-                stats = stream_stats(self._redis, data.stream, data.group)
-                self._gauges["lag"].set(stats["lag"])
-                self._gauges["pending"].set(stats["pending"])
-                self._gauges["dead"].set(stats["dead_letter"])
+                self._refresh_gauges()
             self._find_lost_workers()
         except Exception as exc:  # Redis away: the workers log that; try again next tick
             log.debug("metrics refresh failed: %s", exc)
         self.fleet.absorb(self.heartbeats())
         self._summarize()
+
+    def _refresh_gauges(self) -> None:
+        """The stream gauges from Redis; NaN (unknown), not 0, while Redis refuses a count,
+        which is logged once per kind of refusal."""
+        assert self.config is not None
+        data = self.config.data
+        stats: dict[str, float]
+        try:
+            stats = dict(stream_stats(self._redis, data.stream, data.group))
+        except QueueError as exc:
+            if str(exc) != self._stream_error:
+                log.warning("%s; the stream gauges show NaN until it succeeds", exc)
+                self._stream_error = str(exc)
+            stats = dict.fromkeys(("lag", "pending", "dead_letter"), float("nan"))
+        else:
+            if self._stream_error:
+                log.info("counting stream %s recovered", data.stream)
+                self._stream_error = ""
+        self._gauges["lag"].set(stats["lag"])
+        self._gauges["pending"].set(stats["pending"])
+        self._gauges["dead"].set(stats["dead_letter"])
 
     def _summarize(self) -> None:
         """One summary tick: the scalars that changed since the last, at the next step.
