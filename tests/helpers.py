@@ -341,3 +341,102 @@ class SwapUnderLoad:
         assert redis_client.xpending(self.stream, "serving")["pending"] == 0
         assert redis_client.xlen(keys.dead_letter(self.stream)) == 0
         assert redis_client.xlen(self.stream) == 0
+
+
+# ------------------------------------------------------------------ what a server shows of itself
+
+NOT_A_JPEG = b"\xff\xd8 not a jpeg"  # a record that fails decoding (code "decode")
+
+
+def scrape(url: str) -> dict[str, dict[tuple, float]]:
+    """/metrics as {sample name: {sorted label items: value}}."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url, timeout=5).text
+    out: dict[str, dict[tuple, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def scrape_when(
+    url: str, succeeded: int, failed: dict[str, int], workers: int, timeout_s: float = 20.0
+) -> dict[str, dict[tuple, float]]:
+    """/metrics once its unlabelled series count ``succeeded`` records, ``failed`` by reason
+    and ``workers`` serving (workers in other processes tell with their next heartbeat)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = scrape(url)
+        seen = (
+            now.get("zoo_serving_records_succeeded_total", {}).get(()),
+            {
+                dict(k)["reason"]: v
+                for k, v in now.get("zoo_serving_records_failed_total", {}).items()
+            },
+            now.get("zoo_serving_workers", {}).get(()),
+        )
+        if seen == (succeeded, failed, workers):
+            return now
+        assert time.monotonic() < deadline, (
+            f"/metrics shows {seen}, not {(succeeded, failed, workers)}"
+        )
+        time.sleep(0.2)
+
+
+def summary_scalars(work_dir: Path) -> dict[str, list[float]]:
+    """The scalars of the one TensorBoard run under ``work_dir/summary``, read by TensorBoard's
+    own EventAccumulator: tag -> values in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = sorted((work_dir / "summary").iterdir())
+    assert len(runs) == 1, runs
+    events = EventAccumulator(str(runs[0]), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def assert_observed(
+    sample: dict[str, dict[tuple, float]],
+    scalars: dict[str, list[float]],
+    error_log: str,
+    good: int,
+    bad: dict[str, str],
+    workers: int,
+    answered: int | None = None,
+) -> None:
+    """The three outputs of a server whose ``workers`` answered ``good`` records and the
+    ``bad`` ones (uri -> error code): /metrics (``sample``, scraped while serving), the
+    TensorBoard scalars and the error log, whatever runner ran the workers. ``answered``:
+    the records answered by the time the server stopped, if more were sent after the scrape
+    (default: the good and bad ones)."""
+    from zoo_serving.observe.metrics import SUMMARY_TAGS
+    from zoo_serving.observe.stats import STAGES
+
+    assert sample["zoo_serving_records_succeeded_total"][()] == good
+    failed: dict[str, int] = {}
+    for code in bad.values():
+        failed[code] = failed.get(code, 0) + 1
+    reasons = sample["zoo_serving_records_failed_total"]
+    assert {dict(k)["reason"]: v for k, v in reasons.items()} == failed
+    assert sample["zoo_serving_workers"][()] == workers
+    assert sample["zoo_serving_batch_size_sum"][()] == good  # bad records fail before batching
+    batches = sample["zoo_serving_batch_size_count"][()]
+    assert good / batches > 2, f"{good} records in {batches} batches: not batched"
+    for stage in STAGES:
+        assert sample["zoo_serving_stage_seconds_count"][(("stage", stage),)] > 0, stage
+
+    assert set(SUMMARY_TAGS) <= set(scalars), scalars.keys()
+    total = scalars["Total Records Number"]
+    answered = good + len(bad) if answered is None else answered
+    assert total == sorted(total) and total[-1] == answered, (total[-5:], answered)
+    assert max(scalars["Partition Number"]) == workers, scalars["Partition Number"]
+    for tag in ("Throughput", "Micro Batch Throughput"):
+        assert scalars[tag] and all(v > 0 for v in scalars[tag]), tag
+
+    for uri, code in bad.items():
+        assert f"record failed uri={uri} code={code}: " in error_log, uri
+    assert error_log.count("record failed") == len(bad)

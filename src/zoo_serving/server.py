@@ -110,9 +110,10 @@ class Server:
                 from .http import serve_http
 
                 self.http = serve_http(self.config)
-            self.metrics = Metrics(self.config).start()
+            self.metrics = Metrics(self.config, server_id=self.server_id).start()
             self.runner = create_runner(self.config)
             self.runner.metrics = self.metrics
+            self.runner.server_id = self.server_id
             log.info(
                 "starting %d %s worker(s) on %s stream %s",
                 self.runner.workers,

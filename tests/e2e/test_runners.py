@@ -30,11 +30,21 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import HANG, assert_top_n, build_sentinel_model, onnx_direct, sentinel_direct
+from helpers import (
+    HANG,
+    NOT_A_JPEG,
+    assert_observed,
+    assert_top_n,
+    build_sentinel_model,
+    onnx_direct,
+    scrape_when,
+    sentinel_direct,
+    summary_scalars,
+)
 from zoo_serving import InputQueue, OutputQueue, Server, keys
 from zoo_serving.broker.embedded import free_port
 from zoo_serving.cli import main as zoo_serve
-from zoo_serving.errors import BatchTimeoutError, ModelNotFoundError
+from zoo_serving.errors import BatchTimeoutError, DecodeError, ModelNotFoundError
 from zoo_serving.server import request_stop
 
 pytestmark = pytest.mark.timeout(300)  # Ray starts slowly on a loaded machine
@@ -208,11 +218,18 @@ def pending_of(redis_client: Any, stream: str, consumer: str) -> int:
 
 
 def check_results(
-    results: dict[str, Any], redis_client: Any, stream: str, direct: np.ndarray, n: int = N
+    results: dict[str, Any],
+    redis_client: Any,
+    stream: str,
+    direct: np.ndarray,
+    n: int = N,
+    others: int = 0,
 ) -> None:
+    """``n`` records r0... answered once each with the framework's answer (and ``others``
+    records besides)."""
     assert len(results) == n  # none lost
     finished = Counter(redis_client.lrange(keys.finished(stream), 0, -1))
-    assert len(finished) == n and set(finished.values()) == {1}  # one result each, never two
+    assert len(finished) == n + others and set(finished.values()) == {1}  # once each
     for i in range(n):
         assert_top_n(results[f"r{i}"], direct[i % DISTINCT], TOP_N)
     assert redis_client.xlen(stream) == 0
@@ -230,18 +247,37 @@ def live_beats(redis_client: Any, stream: str, count: int, timeout_s: float = 10
         time.sleep(0.1)
 
 
+def send_bad(redis_url: str, stream: str) -> dict[str, str]:
+    """Records that fail decoding in the workers; their uris and error code, once answered."""
+    bad = {f"bad-{i}": DecodeError.code for i in range(3)}
+    with InputQueue(url=redis_url, name=stream) as client:
+        client.enqueue_many((uri, {"t": NOT_A_JPEG}) for uri in bad)
+    with OutputQueue(url=redis_url, name=stream) as output:
+        answers = output.query_many(list(bad), timeout=60)
+    assert all(isinstance(answers[uri], DecodeError) for uri in bad), answers
+    return bad
+
+
 @pytest.mark.parametrize("runner", ["threads", "processes", "ray-local", "ray-cluster"])
 def test_each_runner_serves_2000_records_once_each_with_the_frameworks_answers(
     runner, request, tmp_path, onnx_model_dir, redis_url, redis_client, stream, xs, direct
 ) -> None:
+    """... and feeds the same observability: /metrics (unlabelled series, workers), the
+    TensorBoard scalars and the error log, from workers in any process."""
     name = runner.partition("-")[0]
-    raw = server_config(onnx_model_dir, redis_url, stream, tmp_path / "work", name)
+    work = tmp_path / "work"
+    raw = server_config(onnx_model_dir, redis_url, stream, work, name)
+    port = free_port()
+    raw["log"].update({"summary": True, "metrics_port": port})
+    metrics_url = f"http://127.0.0.1:{port}/metrics"
     if runner == "ray-local":  # its own process (see the module docstring), through the CLI
         raw["params"]["runner"] = "threads"  # --runner overrides it
-        proc = start_cli_server(tmp_path / "work", raw, name, redis_client, stream)
+        proc = start_cli_server(work, raw, name, redis_client, stream)
         try:
             results = run_load(redis_url, redis_client, stream, xs)
             beats = live_beats(redis_client, stream, 2)
+            bad = send_bad(redis_url, stream)
+            sample = scrape_when(metrics_url, N, {DecodeError.code: len(bad)}, workers=2)
         finally:
             code = stop_cli_server(proc)
         assert code == 0  # drained and stopped on SIGTERM
@@ -254,16 +290,22 @@ def test_each_runner_serves_2000_records_once_each_with_the_frameworks_answers(
             assert server.runner is not None and server.runner.name == name
             results = run_load(redis_url, redis_client, stream, xs)
             beats = live_beats(redis_client, stream, 2)
+            bad = send_bad(redis_url, stream)
+            sample = scrape_when(metrics_url, N, {DecodeError.code: len(bad)}, workers=2)
         finally:
             server.stop()
-    check_results(results, redis_client, stream, direct)
+    check_results(results, redis_client, stream, direct, others=len(bad))
     assert not redis_client.exists(keys.ready(stream))  # every worker stopped and said so
     assert not redis_client.hlen(keys.workers(stream))
+    error_log = (work / "error.log").read_text()
+    assert_observed(sample, summary_scalars(work), error_log, N, bad, workers=2)
     if name == "threads":
         return
     # the workers live in other processes, each one announced with its host and pid
     assert len(beats) == 2 and {b["runner"] for b in beats} == {name}
     assert len({b["pid"] for b in beats}) == 2 and os.getpid() not in {b["pid"] for b in beats}
+    for beat in beats:  # ... and wrote its own lines into the error log
+        assert f"[{beat['pid']}] zoo_serving." in error_log, beat["pid"]
 
 
 def test_status_lists_the_worker_processes(
@@ -366,6 +408,7 @@ def test_stop_mid_load_drains_what_was_read_and_leaves_the_rest_queued(
 ) -> None:
     n = 4 * N
     raw = server_config(onnx_model_dir, redis_url, stream, tmp_path / "work", runner)
+    raw["log"]["summary"] = True
     server = Server(runner_config(runner, request, raw)).start(timeout_s=120)
     run_load(redis_url, redis_client, stream, xs, n, during=lambda: server.stop(30), collect=False)
     answered = redis_client.llen(keys.finished(stream))
@@ -373,6 +416,8 @@ def test_stop_mid_load_drains_what_was_read_and_leaves_the_rest_queued(
     assert redis_client.xpending(stream, "serving")["pending"] == 0  # nothing read and dropped
     assert answered + queued == n and queued > 0
     assert not redis_client.exists(keys.ready(stream))
+    # the drain, after the workers' last beats, is in the summary: their final counts
+    assert summary_scalars(tmp_path / "work")["Total Records Number"][-1] == answered
 
 
 def test_a_stop_request_ends_the_worker_processes_without_restarts(

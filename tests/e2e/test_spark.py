@@ -8,10 +8,12 @@ Answers are compared with ONNX Runtime's own output for the same input.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,15 +26,19 @@ import pytest
 from conftest import jpeg
 from helpers import (
     HANG,
+    NOT_A_JPEG,
+    assert_observed,
     assert_top_n,
     build_sentinel_model,
     decoded_image,
     onnx_direct,
+    scrape_when,
     sentinel_direct,
+    summary_scalars,
 )
 from zoo_serving import InputQueue, OutputQueue, keys, load_config
 from zoo_serving.broker.embedded import free_port
-from zoo_serving.errors import BatchTimeoutError, ConfigError, ModelNotFoundError
+from zoo_serving.errors import BatchTimeoutError, ConfigError, DecodeError, ModelNotFoundError
 from zoo_serving.runners.spark import SparkRunner, serve_on
 from zoo_serving.spark.dataframe import predict_df
 from zoo_serving.spark.session import spark_session
@@ -82,14 +88,35 @@ def raw_config(model_dir: Path, redis_url: str, stream: str, **sections: Any) ->
 
 
 def send_and_check(
-    redis_url: str, redis_client: Any, stream: str, n: int, xs: np.ndarray, direct: np.ndarray
+    redis_url: str,
+    redis_client: Any,
+    stream: str,
+    n: int,
+    xs: np.ndarray,
+    direct: np.ndarray,
+    bad: int = 0,
 ) -> None:
-    """Enqueue ``n`` records, wait for all; one result each, equal to ONNX Runtime's."""
+    """Enqueue ``n`` records, wait for all; one result each, equal to ONNX Runtime's. Then
+    ``bad`` records bad-0... that fail decoding, each answered with a DecodeError."""
     with InputQueue(url=redis_url, name=stream) as client:
         client.enqueue_many((f"r{i}", {"t": xs[i % DISTINCT]}) for i in range(n))
-    with OutputQueue(url=redis_url, name=stream) as output:
-        results = output.query_many([f"r{i}" for i in range(n)], timeout=120)
-    assert_answered_once(redis_client, stream, results, n, direct)
+        with OutputQueue(url=redis_url, name=stream) as output:
+            results = output.query_many([f"r{i}" for i in range(n)], timeout=120)
+            assert_answered_once(redis_client, stream, results, n, direct)
+            client.enqueue_many((f"bad-{i}", {"t": NOT_A_JPEG}) for i in range(bad))
+            failed = output.query_many([f"bad-{i}" for i in range(bad)], timeout=60)
+    assert all(isinstance(failed[f"bad-{i}"], DecodeError) for i in range(bad)), failed
+
+
+def keep_sending(redis_url: str, stream: str, xs: np.ndarray, done: threading.Event) -> None:
+    """Enqueue records more-0... in hundreds until ``done`` is set."""
+    with InputQueue(url=redis_url, name=stream) as client:
+        for first in itertools.count(0, 100):
+            if done.is_set():
+                return
+            client.enqueue_many(
+                (f"more-{i}", {"t": xs[i % DISTINCT]}) for i in range(first, first + 100)
+            )
 
 
 def assert_answered_once(
@@ -113,9 +140,21 @@ def beats(redis_client: Any, stream: str) -> dict[str, dict[str, Any]]:
 
 
 def test_local_runner_serves_each_record_once(
-    spark, serve, onnx_model_dir, redis_url, redis_client, stream, xs, direct
+    spark, serve, onnx_model_dir, redis_url, redis_client, stream, xs, direct, tmp_path
 ) -> None:
-    server = serve(onnx_model_dir, **{"params.runner": "spark", "spark.master": "local[2]"})
+    """... and its workers feed the server's /metrics (unlabelled series, workers), the
+    TensorBoard scalars and the error log, as in-process workers do."""
+    port = free_port()
+    server = serve(
+        onnx_model_dir,
+        **{
+            "params.runner": "spark",
+            "spark.master": "local[2]",
+            "params.batch_size": 8,
+            "log.metrics_port": port,
+            "log.summary": "y",
+        },
+    )
     runner = server.runner
     assert isinstance(runner, SparkRunner) and runner.workers == 2
     live = beats(redis_client, stream)
@@ -123,13 +162,35 @@ def test_local_runner_serves_each_record_once(
     pids = {b["pid"] for b in live.values()}
     assert len(pids) == 2 and os.getpid() not in pids  # Spark's Python workers, not this one
 
-    send_and_check(redis_url, redis_client, stream, N, xs, direct)
+    send_and_check(redis_url, redis_client, stream, N, xs, direct, bad=3)
+    bad = {f"bad-{i}": DecodeError.code for i in range(3)}
+    sample = scrape_when(server.metrics.metrics_url, N, {DecodeError.code: len(bad)}, workers=2)
 
-    server.stop()
+    # stopped under load: what the tasks drained after their last beat reaches the summary
+    # through the counts they return
+    sending = threading.Event()
+    sender = threading.Thread(target=keep_sending, args=(redis_url, stream, xs, sending))
+    sender.start()
+    try:
+        deadline = time.monotonic() + 60
+        while redis_client.llen(keys.finished(stream)) < N + len(bad) + 300:
+            assert time.monotonic() < deadline, "the second load did not start"
+            time.sleep(0.01)
+        server.stop()
+    finally:
+        sending.set()
+        sender.join()
+    answered = redis_client.llen(keys.finished(stream))
     assert not runner.alive  # the stop request ended the tasks, and so the job
-    assert sum(r["succeeded"] for r in runner.results) == N
+    assert sum(r["succeeded"] for r in runner.results) == answered - len(bad)
     assert beats(redis_client, stream) == {}
     assert spark.range(3).count() == 3  # the session the runner found keeps running
+    work = tmp_path / "work"
+    error_log = (work / "error.log").read_text()
+    scalars = summary_scalars(work)
+    assert_observed(sample, scalars, error_log, N, bad, workers=2, answered=answered)
+    for pid in pids:  # each task's Python worker wrote its own lines
+        assert f"[{pid}] zoo_serving." in error_log, pid
 
 
 def test_killed_worker_task_loses_nothing(

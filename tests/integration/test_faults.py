@@ -4,7 +4,9 @@ delivered too often."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import redis as redis_lib
 
 from helpers import assert_top_n, build_sentinel_model, loop_steps_per_s, onnx_direct
 from zoo_serving import InputQueue, OutputQueue, QueueFullError, Server, keys
+from zoo_serving.backends.onnx_runtime import OnnxModel
 from zoo_serving.broker.embedded import ManagedRedis, free_port
 from zoo_serving.errors import InferenceError, ServerError
 
@@ -43,19 +46,42 @@ def build_lookup_model(path: Path, rows: int = 10, classes: int = 5) -> np.ndarr
     return table
 
 
+class SizesOnnx(OnnxModel):
+    """The ONNX Runtime backend, noting the size of every batch it is asked to run (before
+    ONNX Runtime runs it, so the batches it rejects are noted too)."""
+
+    sizes: ClassVar[list[int]] = []
+
+    def _predict(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.sizes.append(len(next(iter(batch.values()))))
+        return super()._predict(batch)
+
+
 def test_poisoned_record_fails_alone_and_batch_mates_match_framework(
     tmp_path, serve, client, output
 ) -> None:
     table = build_lookup_model(tmp_path / "lookup" / "lookup.onnx")
     indices = [3, 7, 99, 1, 5, 0, 8, 2]  # 99 is out of range: the framework rejects the batch
     client.enqueue_many((f"p{i}", {"idx": np.array([v], np.int64)}) for i, v in enumerate(indices))
-    server = serve(tmp_path / "lookup", **{"params.batch_size": 8, "params.max_wait_ms": 200})
+    SizesOnnx.sizes.clear()
+    server = serve(
+        tmp_path / "lookup",
+        **{
+            "params.batch_size": 8,
+            "params.max_wait_ms": 200,
+            "model.backend": f"{__name__}:SizesOnnx",
+        },
+    )
     results = output.query_many([f"p{i}" for i in range(len(indices))], timeout=30)
     assert isinstance(results.pop("p2"), InferenceError)
-    assert server.runner.stats[0].batches >= 1
     for i, v in enumerate(indices):
         if v != 99:
             assert_top_n(results[f"p{i}"], table[v], 3)
+    # the batch of 8 ran once and failed, then was split in halves down to the bad record:
+    # [p0..p3] fails, [p0 p1] serves, [p2 p3] fails, [p2] fails alone, [p3] serves, [p4..p7]
+    warmup, *sizes = SizesOnnx.sizes
+    assert warmup == 8 and sizes == [8, 4, 2, 2, 1, 1, 4], SizesOnnx.sizes
+    assert server.runner.stats[0].batches == 1  # one batch of the worker's, split in the model
 
 
 def test_redis_restart_mid_load_loses_nothing(onnx_model_dir, tmp_path) -> None:

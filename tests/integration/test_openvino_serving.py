@@ -17,6 +17,7 @@ import torch
 from conftest import _torch_cnn, build_onnx_cnn, jpeg
 from helpers import decoded_image, onnx_direct
 from zoo_serving.backends.openvino_ir import OpenVinoModel
+from zoo_serving.broker.presence import Presence
 
 SEED = 0
 ATOL = 1e-4
@@ -59,8 +60,15 @@ def served_by_openvino(serve: Any, model_dir: Path, **dotted: Any) -> Any:
     return serve(model_dir, **{**overrides, **dotted})
 
 
-def test_tensor_inputs_match_torch_and_onnxruntime(model_dir, onnx_dir, serve, client) -> None:
-    served_by_openvino(serve, model_dir, **{"params.top_n": 0})
+def test_tensor_inputs_match_torch_and_onnxruntime(
+    model_dir, onnx_dir, serve, client, redis_client, stream
+) -> None:
+    server = served_by_openvino(serve, model_dir, **{"params.top_n": 0})
+    # OpenVINO runs it, not ONNX Runtime (whose answers would match as well): the worker's
+    # model, and what the workers publish of it, say so
+    model = server.runner._workers[0].model
+    assert isinstance(model, OpenVinoModel) and model.backend == "openvino"
+    assert Presence(redis_client, stream).model()["backend"] == "openvino"
     x = inputs(6, seed=1)
     served = np.stack(client.predict(list(x), timeout=30))
     assert served.shape == (6, 10) and served.dtype == np.float32

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 
 from conftest import build_onnx_cnn, jpeg
-from helpers import assert_top_n, onnx_direct
+from helpers import assert_top_n, onnx_direct, plain_config, zoo_serve
 from zoo_serving import BrokerConnectionError, InputQueue, OutputQueue, Server, keys
 from zoo_serving.broker.embedded import find_redis_server, free_port, port_answers
-from zoo_serving.errors import BrokerPermissionError
+from zoo_serving.errors import BrokerPermissionError, ConfigError
 from zoo_serving.wire.native import VIEW_MIN_BYTES
 
 PASSWORD = "s3cret-Pw-7f2c"
@@ -523,3 +523,111 @@ def test_a_result_the_user_may_not_write_holds_up_no_other_and_ends_dead_lettere
         assert "NoPermissionError" in log_text
     finally:
         admin.close()
+
+
+# ------------------------------------------------------------------ what `zoo-serve start` says
+
+
+@pytest.fixture(scope="module")
+def bad_certs(certs: dict[str, str]) -> dict[str, str]:
+    """TLS files that do not do: a client certificate and key from another CA (rogue_crt,
+    rogue_key), that CA (other_ca), and a CA file with no certificate in it (garbage)."""
+    d = Path(certs["ca"]).parent
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    _openssl("req", "-x509", *ec, "-keyout", d / "other.key", "-out", d / "other.crt",
+             "-days", "2", "-subj", "/CN=another CA",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    _openssl("req", "-new", *ec, "-keyout", d / "rogue.key", "-out", d / "rogue.csr",
+             "-subj", "/CN=rogue client")  # fmt: skip
+    _openssl("x509", "-req", "-in", d / "rogue.csr", "-CA", d / "other.crt",
+             "-CAkey", d / "other.key", "-CAcreateserial", "-days", "2",
+             "-extfile", d / "client.ext", "-out", d / "rogue.crt")  # fmt: skip
+    (d / "garbage.pem").write_text("not a certificate\n")
+    return {
+        "other_ca": str(d / "other.crt"),
+        "rogue_crt": str(d / "rogue.crt"),
+        "rogue_key": str(d / "rogue.key"),
+        "garbage": str(d / "garbage.pem"),
+    }
+
+
+# problem -> (how the data section changes, what the error must say)
+START_PROBLEMS: dict[str, tuple[dict[str, Any], list[str]]] = {
+    "wrong password": ({"password": WRONG}, ["refused the login", "data.password"]),
+    "no password": ({}, ["refused the login", "Authentication required", "data.password"]),
+    "CA file missing": (
+        {"tls_ca": "/nonexistent/ca.crt"},
+        ["data.tls_ca: cannot read the CA certificate '/nonexistent/ca.crt'", "No such file"],
+    ),
+    "server signed by another CA": (
+        {"tls_ca": "other_ca"},
+        ["TLS handshake failed", "CERTIFICATE_VERIFY_FAILED", "not signed by a CA in data.tls_ca"],
+    ),
+    "no client certificate": (
+        {"tls_cert": None, "tls_key": None},
+        ["TLS handshake failed", "set data.tls_cert and data.tls_key"],
+    ),
+}
+
+
+@pytest.mark.parametrize("problem", list(START_PROBLEMS))
+def test_start_in_the_background_names_the_auth_or_tls_problem(
+    problem, start_redis, certs, bad_certs, onnx_model_dir, tmp_path, stream
+) -> None:
+    """`zoo-serve start` (the server a background child) prints its child's error: a wrong or
+    missing password, the TLS file that cannot be read, the CA or client certificate the
+    handshake failed on. Exit code 3 (the server failed), 2 for a config value."""
+    change, says = START_PROBLEMS[problem]
+    if problem.endswith("password"):
+        port = start_redis("--requirepass", PASSWORD)
+        data: dict[str, Any] = {"src": f"redis://127.0.0.1:{port}", "stream": stream}
+    else:
+        port = start_redis(*_tls_args(certs, auth_clients=True), tls=True)
+        data = _tls_data(certs, port, stream)
+    data.update({k: bad_certs.get(v, v) if isinstance(v, str) else v for k, v in change.items()})
+    plain_config(
+        tmp_path, {"path": str(onnx_model_dir)}, {k: v for k, v in data.items() if v is not None}
+    )
+    started = zoo_serve("start", "--timeout", "60", cwd=tmp_path)
+    error = [line for line in started.stderr.splitlines() if line.startswith("zoo-serve: ")]
+    assert started.returncode == (2 if "missing" in problem else 3), started.stderr
+    assert error and all(text in error[-1] for text in says), started.stderr
+    for secret in (PASSWORD, WRONG):
+        assert secret not in started.stderr
+
+
+def test_each_tls_file_problem_is_named(start_redis, certs, bad_certs, stream) -> None:
+    """Clients and servers alike: the key that does not fit the certificate, a CA file without
+    a certificate, a client certificate the server does not trust, a file that is not there."""
+    port = start_redis(*_tls_args(certs, auth_clients=True), tls=True)
+    data = _tls_data(certs, port, stream)
+    cases: list[tuple[dict[str, Any], type[Exception], str]] = [
+        (
+            {"tls_key": certs["server_key"]},
+            BrokerConnectionError,
+            f"TLS could not be set up: .*KEY_VALUES_MISMATCH.*data.tls_key \\({certs['server_key']}"
+            f"\\) is not the key of data.tls_cert",
+        ),
+        (
+            {"tls_ca": bad_certs["garbage"]},
+            BrokerConnectionError,
+            f"data.tls_ca \\({bad_certs['garbage']}\\) holds no PEM certificate",
+        ),
+        (
+            {"tls_cert": bad_certs["rogue_crt"], "tls_key": bad_certs["rogue_key"]},
+            BrokerConnectionError,
+            # the server's refusal comes as an alert, or (TLS 1.3) as a bare EOF
+            "TLS handshake failed.*data.tls_cert .*rogue.crt.*must be signed by a CA the server "
+            "trusts",
+        ),
+        (
+            {"tls_key": "/nonexistent/k.pem"},
+            ConfigError,
+            "data.tls_key: cannot read the client key",
+        ),
+        ({"tls_cert": "/nonexistent/c.pem"}, ConfigError, "data.tls_cert: cannot read the client"),
+    ]
+    for change, error, says in cases:
+        with pytest.raises(error, match=says):
+            InputQueue(config={"data": {**data, **change}})

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import threading
+from collections.abc import Mapping
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
 from helpers import assert_top_n, onnx_direct, wait_for
 from zoo_serving import InputQueue, OutputQueue, Server, keys, serve
+from zoo_serving.backends.torchscript import TorchScriptModel
 from zoo_serving.broker.embedded import ManagedRedis, find_redis_server, free_port, port_answers
 from zoo_serving.config import load_config
 from zoo_serving.errors import (
@@ -177,6 +180,38 @@ def test_serve_blocks_until_a_stop_request(onnx_model_dir, redis_url, stream, tm
         assert not client.is_ready()
     log_text = (tmp_path / "error.log").read_text()
     assert "server ready" in log_text and "server stopped" in log_text
+
+
+class ThreadsTorch(TorchScriptModel):
+    """The torch backend, noting the intra-op threads PyTorch runs each batch with (in the
+    thread that runs it: PyTorch's setting is per thread)."""
+
+    seen: ClassVar[list[int]] = []
+
+    def _predict(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.seen.append(self._torch.get_num_threads())
+        return super()._predict(batch)
+
+
+def test_params_threads_reaches_the_framework(
+    serve, onnx_model_dir, torch_model_dir, client
+) -> None:
+    """``params.threads: 3`` (this machine's defaults differ) is what ONNX Runtime's session
+    and PyTorch run with, not just a number in the config."""
+    import torch
+
+    server = serve(onnx_model_dir, **{"params.threads": 3})
+    session = server.runner._workers[0].model._session
+    assert session.get_session_options().intra_op_num_threads == 3
+    server.stop()
+    before = torch.get_num_threads()  # process-wide: put back for the tests after this one
+    ThreadsTorch.seen.clear()
+    try:
+        serve(torch_model_dir, **{"params.threads": 3, "model.backend": f"{__name__}:ThreadsTorch"})
+        assert client.predict(np.zeros((3, 32, 32), np.float32), timeout=30)
+    finally:
+        torch.set_num_threads(before)
+    assert len(ThreadsTorch.seen) == 2 and set(ThreadsTorch.seen) == {3}  # warm-up, record
 
 
 def test_threads_workers_divide_the_cores(onnx_model_dir, redis_url, stream, tmp_path) -> None:

@@ -65,3 +65,30 @@ def test_records_sent_before_the_server_starts_are_served(onnx_model_dir, serve,
     assert sorted(results) == [f"early-{i}" for i in range(5)]
     for i, scores in enumerate(direct):
         assert_top_n(results[f"early-{i}"], scores, 3)
+
+
+def build_batch_size_model(path: Path) -> Path:
+    """A TorchScript model whose answer for each record is the size of the batch it ran in."""
+    import torch
+
+    class BatchSize(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full((x.shape[0], 1), float(x.shape[0])) + 0.0 * x.sum()
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(torch.jit.script(BatchSize()), str(path))
+    return path.parent
+
+
+def test_records_waiting_are_run_in_full_batches(serve, client, output, tmp_path) -> None:
+    """64 records queued before the server starts, batch size 8: the model sees them eight
+    at a time (each record's answer is its batch's size), not one by one."""
+    model_dir = build_batch_size_model(tmp_path / "batch" / "size.pt")
+    x = np.zeros((3, 32, 32), np.float32)
+    uris = [f"b{i}" for i in range(64)]
+    client.enqueue_many((uri, {"input": x}) for uri in uris)
+    server = serve(model_dir, **{"params.batch_size": 8, "params.top_n": 0})
+    results = output.query_many(uris, timeout=30)
+    sizes = [float(results[uri][0]) for uri in uris]
+    assert sizes == [8.0] * 64, sizes
+    assert server.runner.stats[0].batches == 8

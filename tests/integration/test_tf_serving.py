@@ -187,3 +187,38 @@ def test_saved_model_signature_fixture(fixtures_dir: Path, serve, client) -> Non
     direct = fn(input=tf.constant(x))["output"].numpy()
     for answer, scores in zip(served, direct):
         assert_top_n(answer, scores, 5)
+
+
+class Scales(tf.Module):
+    """Two signatures with the same input and output names, giving different answers:
+    ``serving_default`` doubles x @ w, ``triple`` triples it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = tf.Variable(np.random.default_rng(3).normal(size=(4, 3)).astype(F32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    def double(self, x: Any) -> Any:
+        return {"out": 2.0 * tf.matmul(x, self.w)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    def triple(self, x: Any) -> Any:
+        return {"out": 3.0 * tf.matmul(x, self.w)}
+
+
+def test_model_signature_from_the_config_picks_what_is_served(serve, client, tmp_path) -> None:
+    """``model.signature: triple`` serves that signature, not ``serving_default``: the answers
+    are 3 x@w, which the default signature (2 x@w) would not give."""
+    module = Scales()
+    path = tmp_path / "scales"
+    tf.saved_model.save(
+        module, str(path), signatures={"serving_default": module.double, "triple": module.triple}
+    )
+    serve(path, **{"data.shape": "4", "params.top_n": 0, "model.signature": "triple"})
+    x = np.random.default_rng(10).normal(size=(5, 4)).astype(F32)
+    served = np.stack(client.predict([{"x": row} for row in x], timeout=60))
+    loaded = tf.saved_model.load(str(path)).signatures
+    triple = loaded["triple"](x=tf.constant(x))["out"].numpy()
+    double = loaded["serving_default"](x=tf.constant(x))["out"].numpy()
+    assert not np.allclose(triple, double, atol=1e-3)  # the two really differ
+    np.testing.assert_allclose(served, triple, rtol=0, atol=ATOL)

@@ -77,17 +77,29 @@ def test_heartbeat_fields_in_order() -> None:
         "host",
         "pid",
         "runner",
+        "server",
         "ready",
         "stuck_s",
         "succeeded",
         "failed",
+        "written",
         "served_1m",
         "failures",
         "batches",
         "stages",
+        "hist",
         "started",
         "ts",
     ]
+    assert list(beat["hist"]) == [
+        "batch_size",
+        "queue_wait",
+        "decode",
+        "inference",
+        "postprocess",
+        "write",
+    ]
+    assert list(beat["hist"]["batch_size"]) == ["counts", "sum"]
     assert list(beat["stages"]) == [
         "records",
         "queue_wait",

@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..config import DataConfig
-from ..errors import BrokerConnectionError
+from ..errors import BrokerConnectionError, ConfigError
 
 RECONNECT_TRIES = 10
 
@@ -81,6 +81,7 @@ def connect(
     if data.username and not urlsplit(target).username:
         options["username"] = data.username
     if target.startswith("rediss://"):
+        _check_tls_files(data)
         if data.tls_ca:
             options["ssl_ca_certs"] = data.tls_ca
         if data.tls_cert:
@@ -94,36 +95,110 @@ def connect(
     if check:
         try:
             client.ping()
-        except redis.exceptions.AuthenticationError as exc:
-            client.close()
-            raise BrokerConnectionError(
-                f"Redis at {safe_url(target)} refused the login: {exc}; check data.password / "
-                "data.username or the URL's credentials",
-                url=safe_url(target),
-            ) from None
         except redis.exceptions.RedisError as exc:
             client.close()
-            raise BrokerConnectionError(
-                f"Redis at {safe_url(target)} does not answer: {exc}; {_hint(target, exc)}",
-                url=safe_url(target),
-            ) from None
+            raise _not_connected(data, target, exc) from None
     # from now on a Redis restarting is retried (about 6 s with backoff) before raising
     client.set_retry(Retry(ExponentialBackoff(cap=1.0, base=0.05), retries))
     return client
 
 
-def _hint(target: str, exc: BaseException) -> str:
-    """What to check when Redis does not answer, from the URL's scheme and the socket error."""
+_TLS_FILES = {
+    "tls_ca": "CA certificate",
+    "tls_cert": "client certificate",
+    "tls_key": "client key",
+}
+
+
+def _check_tls_files(data: DataConfig) -> None:
+    """Name a TLS file that is not there or cannot be read before a connection tries it (the
+    ssl module says only "No such file or directory", not which file)."""
+    for key, what in _TLS_FILES.items():
+        path = getattr(data, key)
+        if not path:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                f"data.{key}: cannot read the {what} {path!r}: {exc.strerror or exc}; set "
+                f"data.{key} to a PEM file this user can read",
+                key=f"data.{key}",
+                value=path,
+            ) from None
+
+
+def _tls_hint(data: DataConfig, target: str, exc: BaseException) -> str:
+    """What went wrong setting up TLS, from the ssl error, naming the config keys and files
+    to check; "" when ``exc`` is no TLS failure."""
     import ssl
 
+    if not target.startswith("rediss://"):
+        return ""
+    text = f"{exc} {exc.__context__ or ''}"
+    ca = f"data.tls_ca ({data.tls_ca})" if data.tls_ca else "the system's CAs (data.tls_ca unset)"
+    cert = f"data.tls_cert ({data.tls_cert})"
+    if "KEY_VALUES_MISMATCH" in text:
+        return f"data.tls_key ({data.tls_key}) is not the key of {cert}"
+    if "NO_CERTIFICATE_OR_CRL_FOUND" in text:
+        return f"data.tls_ca ({data.tls_ca}) holds no PEM certificate"
+    if "PEM" in text or "NO_START_LINE" in text:
+        return f"{cert} and data.tls_key ({data.tls_key}) must be PEM files; one is not"
+    if "mismatch" in text and "CERTIFICATE_VERIFY_FAILED" in text:
+        return (
+            "the server's certificate does not name the host in data.src; connect by a name "
+            "or address the certificate lists"
+        )
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return f"the server's certificate is not signed by a CA in {ca}; set data.tls_ca to it"
+    if "CERTIFICATE_REQUIRED" in text:
+        return (
+            "the server requires a client certificate: set data.tls_cert and data.tls_key"
+            if not data.tls_cert
+            else f"the server requires a client certificate and did not take {cert}"
+        )
+    if "UNKNOWN_CA" in text or "BAD_CERTIFICATE" in text or "unknown ca" in text:
+        return f"the server does not trust {cert}: it must be signed by a CA the server trusts"
+    if isinstance(exc.__context__, ssl.SSLError) or "SSL" in text or "EOF occurred" in text:
+        # TLS 1.3 may report a refused (or missing) client certificate as a bare EOF
+        clients = (
+            "when the server requires client certificates, set data.tls_cert and data.tls_key"
+            if not data.tls_cert
+            else f"{cert} must be signed by a CA the server trusts"
+        )
+        return f"check {ca} (the CA of the server's certificate); {clients}"
+    return ""
+
+
+def _not_connected(data: DataConfig, target: str, exc: Exception) -> BrokerConnectionError:
+    """The error for a first PING that failed: a refused login, a TLS failure (which file or
+    key to check), or no answer (what to check, from the URL's scheme and the socket error)."""
+    import redis
+
+    url = safe_url(target)
+    if isinstance(exc, redis.exceptions.AuthenticationError):
+        return BrokerConnectionError(
+            f"Redis at {url} refused the login: {exc}; check data.password / data.username "
+            "or the URL's credentials",
+            url=url,
+        )
+    tls = _tls_hint(data, target, exc)
+    if tls:
+        text = f"{exc} {exc.__context__ or ''}"
+        # a file of ours that does not do is found before any byte goes to Redis
+        local = any(k in text for k in ("KEY_VALUES_MISMATCH", "NO_CERTIFICATE", "PEM"))
+        what = "TLS could not be set up" if local else "the TLS handshake failed"
+        return BrokerConnectionError(f"Redis at {url}: {what}: {exc}; {tls}", url=url)
+    return BrokerConnectionError(
+        f"Redis at {url} does not answer: {exc}; {_hint(target, exc)}", url=url
+    )
+
+
+def _hint(target: str, exc: BaseException) -> str:
+    """What to check when Redis does not answer, from the URL's scheme and the socket error."""
     cause = exc.__context__
     if target.startswith("rediss://"):
-        if isinstance(cause, ssl.SSLError) or "SSL" in str(exc) or "EOF occurred" in str(exc):
-            return (
-                "the TLS handshake failed: check data.tls_ca (the CA of the server's "
-                "certificate) and, when the server requires client certificates, "
-                "data.tls_cert and data.tls_key"
-            )
         return "if that port speaks plain TCP, use a redis:// URL; else start redis-server"
     if (
         isinstance(cause, (ConnectionResetError, BrokenPipeError))

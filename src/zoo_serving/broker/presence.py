@@ -172,7 +172,9 @@ class Presence:
         pipe.hset(keys.workers(self.stream), name, json.dumps(body))
         if ready:
             pipe.set(keys.ready(self.stream), name, px=int(HEARTBEAT_TTL_S * 1000))
-        pipe.execute()
+        for reply in pipe.execute(raise_on_error=False):
+            if isinstance(reply, Exception):  # Redis' own error, not the pipeline's dump of
+                raise reply  # the command with its whole body
         if not ready:
             self._unready(name)
 

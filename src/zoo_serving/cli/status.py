@@ -1,5 +1,6 @@
 """``zoo-serve status``: ready or not, the server of this work directory, and the stream's
-workers, counts and throughput from Redis; exit 0 only when ready."""
+workers, counts and throughput from Redis; exit 0 only when ready. When Redis refuses the
+stream's counts, the error is shown in their place (``stream_error`` in ``--json``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 from ..broker.presence import Presence
 from ..broker.streams import stream_stats
-from ..errors import ZooServingError
+from ..errors import QueueError, ZooServingError
 from ..repository.api import Models
 from .common import EXIT_NOT_READY, EXIT_OK, load, presence, read_server
 
@@ -27,7 +28,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             beats = workers.live_heartbeats()
             status["ready"] = any(beat.get("ready") for beat in beats.values())
             status["workers"] = [{"name": name, **beat} for name, beat in beats.items()]
-            status.update(stream_stats(workers.redis, cfg.data.stream, cfg.data.group))
+            try:
+                status.update(stream_stats(workers.redis, cfg.data.stream, cfg.data.group))
+            except QueueError as exc:  # the error, not zeros that look like an idle stream
+                status["stream_error"] = str(exc)
             status["models"] = _models(workers.redis, cfg.data.stream, cfg.data.group)
     except ZooServingError as exc:
         status["redis"] = str(exc)
@@ -59,7 +63,10 @@ def _models(redis: Any, base: str, group: str) -> list[dict[str, Any]]:
             "served": sum(b.get("succeeded", 0) + b.get("failed", 0) for b in beats.values()),
             "throughput_1m": round(sum(_last_minute_rate(b, now) for b in beats.values()), 2),
         }
-        entry.update(stream_stats(redis, info.stream, group))
+        try:
+            entry.update(stream_stats(redis, info.stream, group))
+        except QueueError as exc:  # the error, not zeros that look like an idle stream
+            entry["stream_error"] = str(exc)
         out.append(entry)
     return out
 
@@ -80,20 +87,28 @@ def _print_status(status: dict[str, Any], args: argparse.Namespace) -> int:
     if "redis" in status:
         print(f"  redis: {status['redis']}")
     else:
-        print(
-            f"  queued: {status['queued']}  lag: {status['lag']}  pending: {status['pending']}"
-            f"  dead letters: {status['dead_letter']}"
-        )
+        if "stream_error" in status:
+            print(f"  stream counts: {status['stream_error']}")
+        else:
+            print(
+                f"  queued: {status['queued']}  lag: {status['lag']}  "
+                f"pending: {status['pending']}  dead letters: {status['dead_letter']}"
+            )
         print(
             f"  served: {status['served']} records, "
             f"{status['throughput_1m']} records/s over the last minute"
         )
     for m in status.get("models", []):
         mark = " (default)" if m["default"] else ""
+        counts = (
+            f"stream counts: {m['stream_error']}"
+            if "stream_error" in m
+            else f"queued {m['queued']}, lag {m['lag']}, pending {m['pending']}"
+        )
         print(
             f"  model {m['name']}{mark}: {m['state']}, serving {m['serving'] or '-'} of "
-            f"{m['versions'] or '-'}; {m['workers']} worker(s); queued {m['queued']}, lag "
-            f"{m['lag']}, pending {m['pending']}; {m['throughput_1m']} records/s"
+            f"{m['versions'] or '-'}; {m['workers']} worker(s); {counts}; "
+            f"{m['throughput_1m']} records/s"
         )
     for w in status["workers"]:
         print(

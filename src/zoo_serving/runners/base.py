@@ -24,7 +24,10 @@ class Runner(ABC):
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.metrics: Metrics | None = None  # the server's sink, handed to in-process workers
+        self.metrics: Metrics | None = None  # the server's sink: in-process workers register
+        # with it; workers elsewhere name the server in their heartbeats and their final counts
+        # are handed to it when they end
+        self.server_id = ""  # the server whose runner this is ("" without one)
         self._started = False
 
     def start(self) -> None:

@@ -170,7 +170,7 @@ class ProcessesRunner(Runner):
         reader, writer = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(
             target=worker_main,
-            args=(self._shipped, slot.index, writer, package_log_level()),
+            args=(self._shipped, slot.index, writer, package_log_level(), self.server_id),
             name=f"zoo-serving-worker-{slot.index}",
             daemon=True,
         )
@@ -253,6 +253,8 @@ class ProcessesRunner(Runner):
                         slot.ready = slot.ever_ready = True
                     elif kind == "failed":
                         slot.error = value
+                    elif kind == "ended" and self.metrics is not None:
+                        self.metrics.worker_ended(*value)  # its counts, the drain's included
             except (EOFError, OSError):
                 self._close(slot)
 
@@ -266,9 +268,12 @@ class ProcessesRunner(Runner):
 # ---------------------------------------------------------------------- the worker process
 
 
-def worker_main(raw_config: dict[str, Any], index: int, conn: Connection, level: int) -> None:
+def worker_main(
+    raw_config: dict[str, Any], index: int, conn: Connection, level: int, server_id: str = ""
+) -> None:
     """Entry point of a worker process: load, report ready (or the error), serve until
-    SIGTERM/SIGINT or a stop request, drain, exit 0. Exits 1 when the model does not load."""
+    SIGTERM/SIGINT or a stop request, drain, report its final counts, exit 0. Exits 1 when
+    the model does not load."""
     from ..serving.host import make_worker
 
     stop = threading.Event()
@@ -281,7 +286,7 @@ def worker_main(raw_config: dict[str, Any], index: int, conn: Connection, level:
     config = load_config(raw_config)
     setup_worker_logging(config, level, f"worker-{index}[{os.getpid()}]", error_log=True)
     threading.Thread(target=_watch_parent, args=(stop,), daemon=True).start()
-    worker = make_worker(config, leave_when_stuck=True)
+    worker = make_worker(config, leave_when_stuck=True, server_id=server_id)
     try:
         worker.load()
     except BaseException as exc:
@@ -297,6 +302,8 @@ def worker_main(raw_config: dict[str, Any], index: int, conn: Connection, level:
         conn.send(("ready", worker.name))
         worker.run(stop)
     finally:
+        with contextlib.suppress(OSError):
+            conn.send(("ended", (worker.name, worker.stats.published())))
         worker.close()
         conn.close()
     if worker.left_stuck:  # the supervisor starts a new worker in its place

@@ -28,19 +28,35 @@ class WorkerActor:
     """One :class:`~zoo_serving.Worker` in a Ray actor (wrapped with ``ray.remote`` by
     :class:`RayRunner`). The model is loaded once, by :meth:`load`; :meth:`run` serves in one of
     the actor's threads until :meth:`stop`, which sets the stop event and waits for the drain.
+
+    An actor on the server's own host (a local Ray, or a cluster node on that machine) writes
+    the server's ``error.log`` too (with ``log.error``), as the processes runner's workers do;
+    on another host the work directory is not there, and its lines go to its Ray worker log
+    (which Ray forwards to the server's console).
     """
 
-    def __init__(self, raw_config: dict[str, Any], index: int, log_level: int) -> None:
+    def __init__(
+        self,
+        raw_config: dict[str, Any],
+        index: int,
+        log_level: int,
+        server_id: str = "",
+        server_host: str = "",
+    ) -> None:
         config = load_config(raw_config)
         # threads are resolved here, on the node the actor landed on
         self.config = config.replace(**{"params.threads": worker_threads(config)})
         self.index = index
+        self.server_id = server_id
         self.worker: Any = None
         self._stop = threading.Event()
         self._loaded = threading.Event()
         self._finished = threading.Event()
         setup_worker_logging(
-            self.config, log_level, f"ray-worker-{index}[{os.getpid()}]", error_log=False
+            self.config,
+            log_level,
+            f"ray-worker-{index}[{os.getpid()}]",
+            error_log=socket.gethostname() == server_host,
         )
 
     def load(self) -> dict[str, Any]:
@@ -50,7 +66,7 @@ class WorkerActor:
         from ..serving.host import make_worker
 
         try:
-            worker = make_worker(self.config, leave_when_stuck=True)
+            worker = make_worker(self.config, leave_when_stuck=True, server_id=self.server_id)
             try:
                 worker.load()
             except BaseException:
@@ -66,8 +82,9 @@ class WorkerActor:
             "node_id": ray.get_runtime_context().get_node_id(),
         }
 
-    def run(self) -> dict[str, int]:
-        """Serve until :meth:`stop` or a stop request, then drain; returns the counts."""
+    def run(self) -> dict[str, Any]:
+        """Serve until :meth:`stop` or a stop request, then drain; returns the worker's name
+        and counts (``stats``: all of them, as its heartbeat publishes them)."""
         self._loaded.wait()
         worker = self.worker
         if worker is None:  # load failed; the caller has the error from load()
@@ -78,7 +95,9 @@ class WorkerActor:
         finally:
             worker.close()
             self._finished.set()
-        counts = {"succeeded": worker.stats.succeeded, "failed": worker.stats.failed}
+        stats = worker.stats
+        counts = {"name": worker.name, "succeeded": stats.succeeded, "failed": stats.failed}
+        counts["stats"] = stats.published()
         # left in a model call past params.batch_timeout_s: the runner kills this actor
         return {**counts, "stuck": 1} if worker.left_stuck else counts
 
@@ -142,8 +161,10 @@ class RayRunner(Runner):
         level = package_log_level()
         self.actors, self._loads, self._runs = [None] * self.workers, {}, {}
 
+        host = socket.gethostname()
+
         def spawn(index: int) -> None:
-            actor = self.actors[index] = actor_cls.remote(raw, index, level)
+            actor = self.actors[index] = actor_cls.remote(raw, index, level, self.server_id, host)
             self._loads[actor.load.remote()] = index
             self._runs[actor.run.remote()] = index
 
@@ -292,12 +313,19 @@ class RayRunner(Runner):
                         self.config.params.claim_idle_ms,
                     )
                 continue
+            if counts and self.metrics is not None:
+                self.metrics.worker_ended(counts["name"], counts["stats"])
             if counts and counts.get("stuck") and not self._stopping:
                 self._replace(ref, index)
                 continue
             self._ended.add(index)
             if counts:
-                log.info("ray worker %d stopped: %s", index, counts)
+                log.info(
+                    "ray worker %d stopped: %d succeeded, %d failed",
+                    index,
+                    counts["succeeded"],
+                    counts["failed"],
+                )
 
     def _replace(self, ref: Any, index: int) -> None:
         log.warning(

@@ -177,6 +177,7 @@ class SparkRunner(Runner):
             model,
             package_log_level(),
             self._error_log and is_local(sc.master),
+            self.server_id,
         )
         self._thread = InheritableThread(
             target=self._run_job, args=(sc, n, job), name=f"zoo-serving-spark-{self._job_id}"
@@ -206,6 +207,8 @@ class SparkRunner(Runner):
                 self._errors.append(value)
             else:
                 self._results.append(value)
+                if self.metrics is not None:  # its counts, the drain after its last beat too
+                    self.metrics.worker_ended(value["name"], value["stats"])
                 log.info(
                     "spark worker %s ended: %d succeeded, %d failed",
                     value["name"],

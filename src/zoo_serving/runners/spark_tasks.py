@@ -30,6 +30,7 @@ def serve_task(
     model: ModelLocation | None,
     log_level: int,
     error_log: bool,
+    server_id: str,
     index: int,
     _: Iterable[int],
 ) -> Iterator[tuple[str, Any]]:
@@ -45,7 +46,7 @@ def serve_task(
         config, log_level, f"spark-worker-{index}[{os.getpid()}]", error_log=error_log
     )
     try:
-        yield from _serve(config, job_id, model, index, TaskContext.get())
+        yield from _serve(config, job_id, model, index, TaskContext.get(), server_id)
     finally:
         for handler in [h for h in package.handlers if h not in before]:
             package.removeHandler(handler)
@@ -53,7 +54,12 @@ def serve_task(
 
 
 def _serve(
-    config: Config, job_id: str, model: ModelLocation | None, index: int, context: Any
+    config: Config,
+    job_id: str,
+    model: ModelLocation | None,
+    index: int,
+    context: Any,
+    server_id: str,
 ) -> Iterator[tuple[str, Any]]:
     # framework threads: params.threads, else the CPUs Spark gave this task (spark.task.cpus)
     threads = config.params.threads or (context.cpus() if context is not None else 1)
@@ -61,7 +67,8 @@ def _serve(
         config = config.replace(**{"params.threads": threads})
         if model is not None:  # a repository's versions are read where the server found them
             config = config.replace(**{"model.path": model.resolve()})
-        worker = make_worker(config, name=consumer_name(f"{job_id}-{index}"), leave_when_stuck=True)
+        name = consumer_name(f"{job_id}-{index}")
+        worker = make_worker(config, name=name, leave_when_stuck=True, server_id=server_id)
     except ZooServingError as exc:
         yield ("error", picklable_error(exc))
         return
@@ -78,4 +85,5 @@ def _serve(
     if worker.left_stuck:  # the task fails with its Python worker, and Spark retries it
         leave_stuck_process()
     stats = worker.stats
-    yield ("done", {"name": worker.name, "succeeded": stats.succeeded, "failed": stats.failed})
+    counts = {"name": worker.name, "succeeded": stats.succeeded, "failed": stats.failed}
+    yield ("done", {**counts, "stats": stats.published()})

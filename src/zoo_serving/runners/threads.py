@@ -40,7 +40,7 @@ class ThreadsRunner(Runner):
         if self.workers > 1:  # one worker keeps its framework's own default
             config = config.replace(**{"params.threads": worker_threads(config)})
         for _ in range(self.workers):
-            worker = make_worker(config, metrics=self.metrics)
+            worker = make_worker(config, metrics=self.metrics, server_id=self.server_id)
             self._workers.append(worker)
             thread = threading.Thread(
                 target=self._run, args=(worker,), name=worker.name, daemon=True

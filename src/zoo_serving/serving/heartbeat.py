@@ -20,7 +20,8 @@ from ..config import Config
 from ..observe.stats import WorkerStats
 from .postprocess import answers_with_top_n
 
-log = logging.getLogger(__name__)
+# the logger name error.log lines carry, as docs/observability.md shows them
+log = logging.getLogger("zoo_serving.worker")
 
 
 class Heartbeat:
@@ -34,6 +35,8 @@ class Heartbeat:
         started: when the worker started (wall clock); older stop requests are ignored.
         stuck: seconds the worker has been stuck in a batch past ``params.batch_timeout_s``
             (0 when it is not).
+        server_id: the server whose runner started the worker ("" without one): its
+            /metrics and TensorBoard summary count the workers that name it.
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class Heartbeat:
         *,
         started: float,
         stuck: Callable[[], float] = lambda: 0.0,
+        server_id: str = "",
     ) -> None:
         self.presence = presence
         self.config = config
@@ -52,6 +56,7 @@ class Heartbeat:
         self.stats = stats
         self.started = started
         self.stuck = stuck
+        self.server_id = server_id
 
     def announce(self, model: Model) -> None:
         """Say what the model takes and gives, and that a worker is ready."""
@@ -63,7 +68,11 @@ class Heartbeat:
             log.warning("announcing worker %s failed: %s", self.name, exc)
 
     def loop(self, stop: threading.Event, ready: Callable[[], bool]) -> None:
-        """Beat until ``stop`` is set; set it when a stop request arrives."""
+        """Beat until ``stop`` is set; set it when a stop request arrives.
+
+        A failing beat is logged at WARNING when it starts failing (and again when the error
+        changes kind), and once when it beats again; not every second in between."""
+        failing = ""  # the kind of error the beats fail with now, "" while they succeed
         while not stop.is_set():
             try:
                 self.beat(ready())
@@ -72,7 +81,24 @@ class Heartbeat:
                     log.info("worker %s: stop requested through %s", self.name, control)
                     stop.set()
             except Exception as exc:
-                log.debug("heartbeat failed: %s", exc)
+                kind = type(exc).__name__
+                if kind != failing:
+                    log.warning(
+                        "worker %s: heartbeat on %s failed: %s: %s; status, readiness and "
+                        "metrics do not see this worker until it beats again (every %gs)",
+                        self.name,
+                        keys.workers(self.presence.stream),
+                        kind,
+                        exc,
+                        HEARTBEAT_S,
+                    )
+                else:
+                    log.debug("worker %s: heartbeat failed again: %s", self.name, exc)
+                failing = kind
+            else:
+                if failing:
+                    log.info("worker %s: heartbeat recovered", self.name)
+                    failing = ""
             stop.wait(HEARTBEAT_S)
 
     def beat(self, ready: bool) -> None:
@@ -81,19 +107,14 @@ class Heartbeat:
 
     def body(self, ready: bool) -> dict[str, Any]:
         """The heartbeat's JSON fields, in the order they are published."""
-        stats = self.stats
         return {
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "runner": self.config.params.runner,
+            "server": self.server_id,
             "ready": ready,
             "stuck_s": round(self.stuck(), 1),  # in a batch past params.batch_timeout_s
-            "succeeded": stats.succeeded,
-            "failed": stats.failed,
-            "served_1m": stats.recent.count(),  # answered in the last minute
-            "failures": dict(stats.failures_by_code),  # by error code
-            "batches": stats.batches,
-            "stages": stats.stages(),
+            **self.stats.published(),  # counts, stage sums, histograms
             "started": self.started,
             "ts": time.time(),
         }

@@ -61,6 +61,7 @@ class ModelHost:
         name: str | None = None,
         metrics: Metrics | None = None,
         leave_when_stuck: bool = False,
+        server_id: str = "",
     ) -> None:
         ModelHost._count += 1
         self.config = config
@@ -79,7 +80,13 @@ class ModelHost:
         self._published = 0.0
         self._refusers: dict[str, Refuser] = {}
         self.table = ModelTable(
-            config, self.slots, self.scheduler, self.metrics, leave_when_stuck, name=self.name
+            config,
+            self.slots,
+            self.scheduler,
+            self.metrics,
+            leave_when_stuck,
+            name=self.name,
+            server_id=server_id,
         )
         self.budget = MemoryBudget(
             self.table, config.params.memory_budget, self._wanted_versions, lambda: self._redis
@@ -161,11 +168,7 @@ class ModelHost:
         with self.table.lock:
             parts = [m.worker.stats for m in self.table.models.values() if m.worker is not None]
         for part in [self.table.finished, *parts]:
-            total.succeeded += part.succeeded
-            total.failed += part.failed
-            total.batches += part.batches
-            for code, n in part.failures_by_code.items():
-                total.failures_by_code[code] += n
+            total.merge(part)
         return total
 
     # ------------------------------------------------------------------ the wanted state

@@ -45,9 +45,11 @@ class ModelTable:
         leave_when_stuck: bool,
         before_load: Callable[[ModelState], None] | None = None,
         name: str | None = None,
+        server_id: str = "",
     ) -> None:
         self.config = config
         self.name = name
+        self.server_id = server_id
         self.slots = slots
         self.scheduler = scheduler
         self.metrics = metrics
@@ -89,6 +91,7 @@ class ModelTable:
             worker = Worker(
                 cfg,
                 name=self.name,
+                server_id=self.server_id,
                 model_name=state.name,
                 version=first,
                 executor=self.scheduler,
@@ -215,10 +218,7 @@ class ModelTable:
         if thread is not None:
             thread.join()
         with self.lock:
-            done = self.finished
-            done.succeeded += worker.stats.succeeded
-            done.failed += worker.stats.failed
-            done.batches += worker.stats.batches
+            self.finished.merge(worker.stats)
             state.worker, state.thread = None, None
             state.stop = threading.Event()
             state.state = "evicted" if reason == "evicted" else "unloaded"

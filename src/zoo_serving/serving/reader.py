@@ -19,7 +19,6 @@ from .. import keys, wire
 from ..broker.queue import Entry, Queue
 from ..config import Config
 from ..errors import ServerError, ZooServingError
-from ..observe.metrics import Metrics
 from .batch import BatchCore, Record, check_deadline
 from .preprocess import Preprocessor
 from .retry import is_permanent, until_done
@@ -58,7 +57,6 @@ class Reader:
         resolve: the version a record runs on (its own, or the newest served) and the decoder
             of that version's inputs; raises a ZooServingError for a version not served.
         core: the batch core (answers failed records with their error).
-        metrics: the server's metrics sink.
         paused: True while the worker must not take more records (it is stuck on a batch).
     """
 
@@ -68,14 +66,12 @@ class Reader:
         queue: Queue,
         resolve: Resolve,
         core: BatchCore,
-        metrics: Metrics,
         paused: Callable[[], bool],
     ) -> None:
         self.config = config
         self.queue = queue
         self.resolve = resolve
         self.core = core
-        self.metrics = metrics
         self.paused = paused
         self.drained = True  # the last read emptied the stream
         self.abandoned = threading.Event()  # set when nothing downstream takes records anymore
@@ -142,7 +138,6 @@ class Reader:
             if item is None:
                 continue
             item.decode_s = time.perf_counter() - started
-            self.metrics.record_decode(entry.id, item.decode_s)
             if item.result is not None:
                 failed.append(item)
                 continue

@@ -36,8 +36,9 @@ def shipped_config(config: Config, *, resolve_threads: bool = True) -> dict[str,
     raw = config.to_dict()
     if resolve_threads:
         raw["params"]["threads"] = worker_threads(config)
-    if config.source and not raw["log"]["dir"]:  # the default work dir is beside the file
-        raw["log"]["dir"] = str(config.work_dir)
+    # the work dir as this process resolves it (beside the config file, or from this
+    # directory): a Spark or Ray worker runs in a directory of its own
+    raw["log"]["dir"] = str(config.work_dir.absolute())
     return raw
 
 

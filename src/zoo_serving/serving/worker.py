@@ -61,8 +61,9 @@ class Worker:
         queue: the broker consumer; by default a :class:`RedisStreamQueue` on ``data.src``.
         model: an already loaded model; by default the one at ``model.path``.
         name: the consumer name; by default host-pid plus a counter.
-        metrics: the server's metrics sink, called at each stage; by default one that
-            records nothing.
+        metrics: the server's metrics sink, told when the worker starts and stops serving
+            (it reads :attr:`stats`); by default one that records nothing.
+        server_id: the server whose runner started this worker; its heartbeat says so.
         leave_when_stuck: when a batch runs past ``params.batch_timeout_s``, :meth:`run`
             returns (with :attr:`left_stuck` set) so the runner can replace the worker; else
             the worker reports itself unhealthy and waits for the model to return.
@@ -94,11 +95,13 @@ class Worker:
         version: int = 1,
         executor: Scheduler | None = None,
         weight: float = 1.0,
+        server_id: str = "",
     ) -> None:
         self.config = load_config(config)
         self.model_name = model_name or served_name(self.config)
         self.executor = executor
         self.weight = weight
+        self.server_id = server_id
         with Worker._count_lock:
             Worker._count += 1
             number = Worker._count
@@ -159,10 +162,9 @@ class Worker:
             self.queue,
             self.versions.resolve,
             self._core,
-            self.metrics,
             paused=lambda: watchdog.stuck,
         )
-        self._writer = Writer(cfg, self.queue, self._core, self.stats, self.metrics)
+        self._writer = Writer(cfg, self.queue, self._core, self.stats)
         if self._redis is not None:
             presence = Presence(self._redis, cfg.data.stream)
             self._heartbeat = Heartbeat(
@@ -172,6 +174,7 @@ class Worker:
                 self.stats,
                 started=self._started,
                 stuck=watchdog.stuck_for_s,
+                server_id=self.server_id,
             )
             # before ``ready`` is set, so whoever sees it sees Redis agree
             self._heartbeat.announce(model)
@@ -382,11 +385,9 @@ class Worker:
     def _observe_batch(self, batch: list[Item], started: float, core: BatchCore) -> None:
         """Stage sums of a batch that began at wall time ``started``: queue wait is from the
         record's XADD (its id) to the batch, less its decode."""
-        decode_s = sum(i.decode_s for i in batch)
-        queued_s = sum(max(started - added_at(i.entry.id) - i.decode_s, 0.0) for i in batch)
-        infer_s, post_s = core.infer_s, core.post_s
-        self.stats.add_batch(len(batch), queued_s, decode_s, infer_s, post_s)
+        decode_s = [i.decode_s for i in batch]
+        queued_s = [max(started - added_at(i.entry.id) - i.decode_s, 0.0) for i in batch]
+        self.stats.add_batch(queued_s, decode_s, core.infer_s, core.post_s)
         answered = time.perf_counter()
         for item in batch:
             item.answered_at = answered
-        self.metrics.record_batch(len(batch), decode_s, infer_s, post_s)

@@ -21,7 +21,6 @@ from .. import wire
 from ..broker.queue import Completion, Queue
 from ..config import Config
 from ..errors import ServerError
-from ..observe.metrics import Metrics
 from ..observe.stats import WorkerStats
 from .batch import BatchCore
 from .reader import STOP, Item
@@ -40,18 +39,14 @@ class Writer:
         config: the serving config.
         queue: the worker's queue.
         core: the batch core (answers a record whose result Redis refuses with an error).
-        stats: the worker's counters (write times, records answered in the last minute).
-        metrics: the server's metrics sink.
+        stats: the worker's counters (records answered, write times).
     """
 
-    def __init__(
-        self, config: Config, queue: Queue, core: BatchCore, stats: WorkerStats, metrics: Metrics
-    ) -> None:
+    def __init__(self, config: Config, queue: Queue, core: BatchCore, stats: WorkerStats) -> None:
         self.config = config
         self.queue = queue
         self.core = core
         self.stats = stats
-        self.metrics = metrics
 
     def loop(
         self, to_write: _queue.Queue[Any], halt: threading.Event, written: threading.Event
@@ -135,6 +130,5 @@ class Writer:
     def _observe(self, items: list[Item], write_s: float) -> None:
         written = time.perf_counter()
         # records failed before batching were never timed
-        self.stats.add_written(sum(written - i.answered_at for i in items if i.answered_at))
-        self.stats.recent.add(len(items))
-        self.metrics.record_written(len(items), write_s)
+        records_s = sum(written - i.answered_at for i in items if i.answered_at)
+        self.stats.add_written(len(items), records_s, write_s)

@@ -1,0 +1,134 @@
+"""The workers of one server, whatever runner runs them, and what they have done between them.
+
+Workers in the server's own process (the ``threads`` runner) are read from their
+:class:`~.stats.WorkerStats` objects. Workers in other processes or on other hosts
+(``processes``, ``spark``, ``ray``) are read from their heartbeats, which carry the same
+counts (:meth:`~.stats.WorkerStats.published`) and name the server that started them
+(``server``), and, once one ends, from the last counts its runner hands back (the drain after
+its last beat included). A worker's counts are kept after it stops or dies, so the sums only
+grow; a worker killed between two beats loses the records it answered since its last one
+(under a second's worth).
+
+Example::
+
+    fleet = Fleet("host-123-ab12cd")
+    fleet.absorb(Presence(redis, stream).heartbeats())
+    fleet.totals().succeeded, fleet.serving()
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..broker.presence import HEARTBEAT_TTL_S
+from .stats import BATCH_BUCKETS, BATCH_SIZE, STAGE_BUCKETS, STAGES, WorkerStats
+
+
+@dataclass
+class Totals:
+    """Counts summed over a server's workers: records by outcome, results written, and the
+    histograms (name -> non-cumulative bucket counts and sum; see :class:`~.stats.Histogram`)."""
+
+    succeeded: int = 0
+    failed: dict[str, int] = field(default_factory=dict)  # by error code
+    written: int = 0
+    hist: dict[str, tuple[list[int], float]] = field(default_factory=dict)
+
+    def seconds(self, stage: str) -> float:
+        """Seconds summed in the ``stage`` histogram."""
+        return self.hist.get(stage, ([], 0.0))[1]
+
+    @property
+    def batched(self) -> float:
+        """Records that went through the model in a batch."""
+        return self.hist.get(BATCH_SIZE, ([], 0.0))[1]
+
+
+def _empty_hist() -> dict[str, tuple[list[int], float]]:
+    hist = {BATCH_SIZE: ([0] * (len(BATCH_BUCKETS) + 1), 0.0)}
+    hist.update({stage: ([0] * (len(STAGE_BUCKETS) + 1), 0.0) for stage in STAGES})
+    return hist
+
+
+class Fleet:
+    """The workers of the server ``server_id``: in-process ones by their stats, the others by
+    their heartbeats and final counts.
+
+    Args:
+        server_id: the id the server's workers put in their heartbeats.
+    """
+
+    def __init__(self, server_id: str) -> None:
+        self.server_id = server_id
+        self._lock = threading.Lock()
+        self._local: dict[str, WorkerStats] = {}  # kept after the worker stops
+        self._local_serving: set[str] = set()
+        self._remote: dict[str, Mapping[str, Any]] = {}  # name -> last counts, kept after
+        self._ended: set[str] = set()  # remote workers whose runner handed back final counts
+
+    def started(self, name: str, stats: WorkerStats) -> None:
+        """A worker of this process began serving."""
+        with self._lock:
+            self._local[name] = stats
+            self._local_serving.add(name)
+
+    def stopped(self, name: str) -> None:
+        """A worker of this process stopped serving (its counts stay)."""
+        with self._lock:
+            self._local_serving.discard(name)
+
+    def absorb(self, beats: Mapping[str, Mapping[str, Any]]) -> None:
+        """Take in the heartbeats of the stream: those of this server's workers in other
+        processes update their counts (workers of this process count from their stats)."""
+        if not self.server_id:
+            return
+        with self._lock:
+            for name, beat in beats.items():
+                if beat.get("server") != self.server_id or name in self._local:
+                    continue
+                if name in self._ended:  # its final counts are in; an older beat is not news
+                    continue
+                self._remote[name] = beat
+
+    def ended(self, name: str, published: Mapping[str, Any]) -> None:
+        """A worker in another process ended; ``published`` holds its final counts."""
+        with self._lock:
+            if name not in self._local:
+                self._remote[name] = published
+                self._ended.add(name)
+
+    def serving(self, now: float | None = None) -> int:
+        """Workers serving now: those of this process between start and stop, the others
+        while their heartbeat is fresh (under :data:`HEARTBEAT_TTL_S`) and they did not end."""
+        now = time.time() if now is None else now
+        with self._lock:
+            remote = sum(
+                1
+                for name, beat in self._remote.items()
+                if name not in self._ended and now - float(beat.get("ts", 0)) <= HEARTBEAT_TTL_S
+            )
+            return len(self._local_serving) + remote
+
+    def totals(self) -> Totals:
+        """Counts summed over every worker this server has had."""
+        with self._lock:
+            counts: list[Mapping[str, Any]] = [s.published() for s in self._local.values()]
+            counts += list(self._remote.values())
+        totals = Totals(hist=_empty_hist())
+        for one in counts:
+            totals.succeeded += int(one.get("succeeded", 0))
+            totals.written += int(one.get("written", 0))
+            for code, n in dict(one.get("failures") or {}).items():
+                totals.failed[code] = totals.failed.get(code, 0) + int(n)
+            for name, published in dict(one.get("hist") or {}).items():
+                kept = totals.hist.get(name)
+                buckets = list(published.get("counts") or [])
+                if kept is None or len(buckets) != len(kept[0]):  # another release's buckets
+                    continue
+                merged = [a + int(b) for a, b in zip(kept[0], buckets, strict=True)]
+                totals.hist[name] = (merged, kept[1] + float(published.get("sum", 0.0)))
+        return totals
