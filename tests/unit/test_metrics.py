@@ -78,12 +78,31 @@ def test_a_fleet_sums_its_own_workers_wherever_they_run_and_never_goes_down() ->
     assert fleet.serving() == 2
 
     batch(remote, 8)  # drained after its last beat, handed back by its runner when it ended
-    fleet.ended("there-1", remote.published())
+    fleet.ended("there-1", {"": remote.published()})
     fleet.absorb({"there-1": beat(WorkerStats(), "me")})  # an older beat is no news now
     fleet.stopped("here-1")
     totals = fleet.totals()
     assert totals.written == 20 and totals.batched == 20  # kept after they stopped
     assert fleet.serving() == 0
+
+
+def test_a_fleet_counts_each_model_apart_and_a_worker_once() -> None:
+    """A model host serves two models under one name, one in this process, one elsewhere:
+    totals per model and together, and one worker per name."""
+    a, b, far = WorkerStats(), WorkerStats(), WorkerStats()
+    batch(a, 4)
+    batch(b, 2)
+    batch(far, 8)
+    fleet = Fleet("me")
+    fleet.started("host-1", a, model="a")
+    fleet.started("host-1", b, model="b")
+    fleet.absorb({"host-2": beat(far, "me"), "host-1": beat(WorkerStats(), "me")}, model="a")
+    assert (fleet.totals("a").written, fleet.totals("b").written) == (12, 2)
+    assert fleet.totals().written == 14 and fleet.totals("c").written == 0
+    assert fleet.models() == ["a", "b"] and fleet.serving() == 2
+    batch(far, 8)
+    fleet.ended("host-2", {"a": far.published()})
+    assert fleet.totals("a").written == 20 and fleet.serving() == 1  # host-1 serves on
 
 
 def test_a_worker_whose_beat_went_stale_is_not_serving() -> None:

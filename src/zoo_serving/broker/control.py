@@ -11,10 +11,13 @@ server's ``data.stream`` hash tag.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .. import keys
+
+HOST_STALE_S = 10.0  # a worker that published no model states this long is gone
 
 
 class ModelControl:
@@ -84,6 +87,20 @@ class ModelControl:
         pipe.hgetall(keys.wanted(self.base))
         gen, raw = pipe.execute()
         return int(gen or 0), _decode_all(raw)
+
+    # ------------------------------------------------------------------ what workers hold
+
+    def hosts(self, stale_s: float = HOST_STALE_S) -> dict[str, dict[str, Any]]:
+        """Each live worker's models (worker name -> model name -> state: state, versions,
+        current, memory, load_s, loads, evictions, ...); a worker that published nothing for
+        ``stale_s`` is gone."""
+        now = time.time()
+        out = {}
+        for name, body in _decode_all(self.redis.hgetall(keys.model_states(self.base))).items():
+            if now - float(body.get("_host", {}).get("ts", 0)) <= stale_s:
+                body.pop("_host", None)
+                out[name] = body
+        return out
 
     def generation(self) -> int:
         """The current generation: it moves whenever the wanted state or the index does."""

@@ -12,8 +12,8 @@ grow; a worker killed between two beats loses the records it answered since its 
 Example::
 
     fleet = Fleet("host-123-ab12cd")
-    fleet.absorb(Presence(redis, stream).heartbeats())
-    fleet.totals().succeeded, fleet.serving()
+    fleet.absorb(Presence(redis, stream).heartbeats(), model="resnet")
+    fleet.totals().succeeded, fleet.totals("resnet").succeeded, fleet.serving()
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def _empty_hist() -> dict[str, tuple[list[int], float]]:
 
 class Fleet:
     """The workers of the server ``server_id``: in-process ones by their stats, the others by
-    their heartbeats and final counts.
+    their heartbeats and final counts. A worker counts once per model it serves (a worker of
+    a model repository serves several, each on its model's stream, under one name).
 
     Args:
         server_id: the id the server's workers put in their heartbeats.
@@ -65,59 +66,71 @@ class Fleet:
     def __init__(self, server_id: str) -> None:
         self.server_id = server_id
         self._lock = threading.Lock()
-        self._local: dict[str, WorkerStats] = {}  # kept after the worker stops
-        self._local_serving: set[str] = set()
-        self._remote: dict[str, Mapping[str, Any]] = {}  # name -> last counts, kept after
-        self._ended: set[str] = set()  # remote workers whose runner handed back final counts
+        # keyed by (model, worker name); kept after the worker stops
+        self._local: dict[tuple[str, str], WorkerStats] = {}
+        self._local_serving: set[tuple[str, str]] = set()
+        self._remote: dict[tuple[str, str], Mapping[str, Any]] = {}  # last counts, kept after
+        self._ended: set[tuple[str, str]] = set()  # remote ones whose final counts are in
 
-    def started(self, name: str, stats: WorkerStats) -> None:
-        """A worker of this process began serving."""
+    def started(self, name: str, stats: WorkerStats, model: str = "") -> None:
+        """A worker of this process began serving ``model``."""
         with self._lock:
-            self._local[name] = stats
-            self._local_serving.add(name)
+            self._local[model, name] = stats
+            self._local_serving.add((model, name))
 
-    def stopped(self, name: str) -> None:
-        """A worker of this process stopped serving (its counts stay)."""
+    def stopped(self, name: str, model: str = "") -> None:
+        """A worker of this process stopped serving ``model`` (its counts stay)."""
         with self._lock:
-            self._local_serving.discard(name)
+            self._local_serving.discard((model, name))
 
-    def absorb(self, beats: Mapping[str, Mapping[str, Any]]) -> None:
-        """Take in the heartbeats of the stream: those of this server's workers in other
-        processes update their counts (workers of this process count from their stats)."""
+    def absorb(self, beats: Mapping[str, Mapping[str, Any]], model: str = "") -> None:
+        """Take in the heartbeats of ``model``'s stream: those of this server's workers in
+        other processes update their counts (workers of this process count from their stats)."""
         if not self.server_id:
             return
         with self._lock:
             for name, beat in beats.items():
-                if beat.get("server") != self.server_id or name in self._local:
+                key = (model, name)
+                if beat.get("server") != self.server_id or key in self._local:
                     continue
-                if name in self._ended:  # its final counts are in; an older beat is not news
+                if key in self._ended:  # its final counts are in; an older beat is not news
                     continue
-                self._remote[name] = beat
+                self._remote[key] = beat
 
-    def ended(self, name: str, published: Mapping[str, Any]) -> None:
-        """A worker in another process ended; ``published`` holds its final counts."""
+    def ended(self, name: str, by_model: Mapping[str, Mapping[str, Any]]) -> None:
+        """A worker in another process ended; ``by_model`` holds its final counts per model
+        it served (:meth:`~.stats.WorkerStats.published`)."""
         with self._lock:
-            if name not in self._local:
-                self._remote[name] = published
-                self._ended.add(name)
+            for model, published in by_model.items():
+                if (model, name) not in self._local:
+                    self._remote[model, name] = published
+                    self._ended.add((model, name))
 
-    def serving(self, now: float | None = None) -> int:
-        """Workers serving now: those of this process between start and stop, the others
-        while their heartbeat is fresh (under :data:`HEARTBEAT_TTL_S`) and they did not end."""
+    def serving(self, now: float | None = None, model: str | None = None) -> int:
+        """Workers serving now (``model``, or any: each worker once, whatever number of models
+        it serves): those of this process between start and stop, the others while their
+        heartbeat is fresh (under :data:`HEARTBEAT_TTL_S`) and they did not end."""
         now = time.time() if now is None else now
         with self._lock:
-            remote = sum(
-                1
-                for name, beat in self._remote.items()
-                if name not in self._ended and now - float(beat.get("ts", 0)) <= HEARTBEAT_TTL_S
-            )
-            return len(self._local_serving) + remote
+            names = {name for m, name in self._local_serving if model in (None, m)}
+            for key, beat in self._remote.items():
+                fresh = now - float(beat.get("ts", 0)) <= HEARTBEAT_TTL_S
+                if model in (None, key[0]) and key not in self._ended and fresh:
+                    names.add(key[1])
+            return len(names)
 
-    def totals(self) -> Totals:
-        """Counts summed over every worker this server has had."""
+    def models(self) -> list[str]:
+        """The models this server's workers have served."""
         with self._lock:
-            counts: list[Mapping[str, Any]] = [s.published() for s in self._local.values()]
-            counts += list(self._remote.values())
+            return sorted({m for m, _ in self._local} | {m for m, _ in self._remote})
+
+    def totals(self, model: str | None = None) -> Totals:
+        """Counts summed over every worker this server has had (of ``model`` only, if given)."""
+        with self._lock:
+            counts: list[Mapping[str, Any]] = [
+                s.published() for (m, _), s in self._local.items() if model in (None, m)
+            ]
+            counts += [c for (m, _), c in self._remote.items() if model in (None, m)]
         totals = Totals(hist=_empty_hist())
         for one in counts:
             totals.succeeded += int(one.get("succeeded", 0))

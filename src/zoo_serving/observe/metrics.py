@@ -37,6 +37,7 @@ from ..broker.streams import stream_stats
 from ..config import Config
 from ..errors import QueueError
 from .fleet import Fleet, Totals
+from .models import ModelView
 from .prometheus import start_endpoint
 from .stats import WorkerStats
 from .tensorboard import summary_writer
@@ -80,6 +81,7 @@ class Metrics:
         self._http: Any = None
         self._writer: Any = None
         self._redis: Any = None
+        self.models: ModelView | None = None  # each model of the server's index
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
 
@@ -91,9 +93,13 @@ class Metrics:
         if cfg is None or self._monitor is not None:
             return self
         try:
+            self._redis = connect(cfg.data, retries=0, socket_timeout=5.0)
+            self.models = ModelView(self._redis, cfg.data.stream, cfg.data.group)
             if cfg.log.metrics_port:
                 host, port = cfg.log.metrics_host, cfg.log.metrics_port
-                self._http, self._gauges = start_endpoint(host, port, self.fleet, self.heartbeats)
+                self._http, self._gauges = start_endpoint(
+                    host, port, self.fleet, self.heartbeats, self.models
+                )
                 self.metrics_url = f"http://{host}:{port}/metrics"
                 log.info("Prometheus metrics on %s", self.metrics_url)
             if cfg.log.summary:
@@ -101,7 +107,6 @@ class Metrics:
                 self.summary_dir = cfg.work_dir / "summary" / run
                 self._writer = summary_writer(self.summary_dir)
                 log.info("TensorBoard summaries in %s", self.summary_dir)
-            self._redis = connect(cfg.data, retries=0, socket_timeout=5.0)
         except BaseException:
             self.close()  # nothing half-open: the endpoint's port is free again
             raise
@@ -131,19 +136,20 @@ class Metrics:
 
     # -------------------------------------------------------------- workers
 
-    def worker_started(self, name: str, stats: WorkerStats) -> None:
-        """A worker of this process began serving; its :class:`WorkerStats` are read from
-        now on."""
-        self.fleet.started(name, stats)
+    def worker_started(self, name: str, stats: WorkerStats, model: str = "") -> None:
+        """A worker of this process began serving ``model``; its :class:`WorkerStats` are
+        read from now on."""
+        self.fleet.started(name, stats, model)
 
-    def worker_stopped(self, name: str) -> None:
-        """A worker of this process stopped serving (what it counted still counts)."""
-        self.fleet.stopped(name)
+    def worker_stopped(self, name: str, model: str = "") -> None:
+        """A worker of this process stopped serving ``model`` (what it counted still counts)."""
+        self.fleet.stopped(name, model)
 
-    def worker_ended(self, name: str, published: dict[str, Any]) -> None:
-        """A worker in another process ended; its runner hands over its final counts
-        (:meth:`WorkerStats.published`), the records it drained after its last beat too."""
-        self.fleet.ended(name, published)
+    def worker_ended(self, name: str, by_model: dict[str, dict[str, Any]]) -> None:
+        """A worker in another process ended; its runner hands over its final counts per
+        model (:meth:`WorkerStats.published`), the records it drained after its last beat
+        too."""
+        self.fleet.ended(name, by_model)
 
     def heartbeats(self) -> dict[str, dict[str, Any]]:
         """The heartbeats on the stream, by worker name; empty if Redis does not answer."""
@@ -167,10 +173,14 @@ class Metrics:
         try:
             if self._gauges:
                 self._refresh_gauges()
+                if self.models is not None:
+                    self.models.refresh()
             self._find_lost_workers()
         except Exception as exc:  # Redis away: the workers log that; try again next tick
             log.debug("metrics refresh failed: %s", exc)
-        self.fleet.absorb(self.heartbeats())
+        if self.models is not None:
+            for model, beats in self.models.heartbeats().items():
+                self.fleet.absorb(beats, model)
         self._summarize()
 
     def _refresh_gauges(self) -> None:

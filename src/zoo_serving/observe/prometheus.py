@@ -14,13 +14,18 @@ from typing import Any
 
 from ..errors import MissingDependencyError, ServerError
 from .fleet import Fleet, Totals
+from .models import ModelView, _cumulative, model_families
 from .stats import BATCH_BUCKETS, BATCH_SIZE, STAGE_BUCKETS, STAGES
 
 P = "zoo_serving_"
 
 
 def start_endpoint(
-    host: str, port: int, fleet: Fleet, heartbeats: Callable[[], Mapping[str, Any]]
+    host: str,
+    port: int,
+    fleet: Fleet,
+    heartbeats: Callable[[], Mapping[str, Any]],
+    models: ModelView | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Serve a new registry on ``host:port``: returns the HTTP server (to shut down) and the
     stream gauges by name (``lag``, ``pending``, ``dead``) for the monitor to set."""
@@ -31,7 +36,7 @@ def start_endpoint(
             "log.metrics_port needs prometheus-client: pip install 'zoo-serving[prometheus]'"
         ) from None
     reg = prom.CollectorRegistry(auto_describe=True)
-    reg.register(_Collector(fleet, heartbeats))
+    reg.register(_Collector(fleet, heartbeats, models))
     gauges = {
         "lag": prom.Gauge(P + "stream_lag", "Records not yet read by a worker", registry=reg),
         "pending": prom.Gauge(
@@ -53,15 +58,23 @@ class _Collector:
     """The series read at scrape time: this server's workers' counts and histograms, and
     every stream worker's own counters from its heartbeat."""
 
-    def __init__(self, fleet: Fleet, heartbeats: Callable[[], Mapping[str, Any]]) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        heartbeats: Callable[[], Mapping[str, Any]],
+        models: ModelView | None,
+    ) -> None:
         self._fleet = fleet
         self._heartbeats = heartbeats
+        self._models = models
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         beats = self._heartbeats()
-        self._fleet.absorb(beats)  # as fresh as the beats, not the monitor's last tick
+        if self._models is not None:  # as fresh as the beats, not the monitor's last tick
+            for model, model_beats in self._models.heartbeats().items():
+                self._fleet.absorb(model_beats, model)
         totals = self._fleet.totals()
         ok = CounterMetricFamily(P + "records_succeeded", "Records answered with a result")
         ok.add_metric([], totals.succeeded)
@@ -74,6 +87,8 @@ class _Collector:
         workers.add_metric([], self._fleet.serving())
         yield from (ok, bad, *_histograms(totals), workers)
         yield from _per_worker(beats)
+        if self._models is not None:
+            yield from model_families(self._models, self._fleet)
 
 
 def _histograms(totals: Totals) -> Iterator[Any]:
@@ -81,7 +96,7 @@ def _histograms(totals: Totals) -> Iterator[Any]:
 
     batch = HistogramMetricFamily(P + "batch_size", "Records per model batch")
     counts, total = totals.hist[BATCH_SIZE]
-    batch.add_metric([], _buckets(BATCH_BUCKETS, counts), total)
+    batch.add_metric([], _cumulative(BATCH_BUCKETS, counts), total)
     stages = HistogramMetricFamily(
         P + "stage_seconds",
         "Seconds per stage: queue_wait and decode per record; inference and postprocess per "
@@ -90,19 +105,8 @@ def _histograms(totals: Totals) -> Iterator[Any]:
     )
     for stage in STAGES:
         counts, total = totals.hist[stage]
-        stages.add_metric([stage], _buckets(STAGE_BUCKETS, counts), total)
+        stages.add_metric([stage], _cumulative(STAGE_BUCKETS, counts), total)
     yield from (batch, stages)
-
-
-def _buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
-    """Prometheus' cumulative ``le`` buckets out of per-bucket counts."""
-    from prometheus_client.utils import floatToGoString
-
-    out, running = [], 0
-    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
-        running += count
-        out.append((floatToGoString(bound), float(running)))
-    return out
 
 
 def _per_worker(beats: Mapping[str, Any]) -> Iterator[Any]:

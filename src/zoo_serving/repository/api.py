@@ -16,16 +16,12 @@ Example::
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import keys
 from ..broker.control import ModelControl
 from ..errors import ConfigError, ModelError, ServerError
-
-HOST_STALE_S = 10.0  # a worker that published nothing this long is gone
 
 
 @dataclass
@@ -114,17 +110,7 @@ class Models:
 
     def hosts(self) -> dict[str, dict[str, Any]]:
         """Each live worker's models (worker name -> model name -> state)."""
-        now = time.time()
-        out = {}
-        for name, raw in self.redis.hgetall(keys.model_states(self.base)).items():
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                continue
-            if now - float(body.get("_host", {}).get("ts", 0)) <= HOST_STALE_S:
-                body.pop("_host", None)
-                out[name.decode("utf-8", "replace")] = body
-        return out
+        return ModelControl(self.redis, self.base).hosts()
 
     def load(
         self, name: str, versions: list[int] | None = None, *, wait_s: float | None = None

@@ -303,7 +303,7 @@ def worker_main(
         worker.run(stop)
     finally:
         with contextlib.suppress(OSError):
-            conn.send(("ended", (worker.name, worker.stats.published())))
+            conn.send(("ended", (worker.name, worker.published_by_model())))
         worker.close()
         conn.close()
     if worker.left_stuck:  # the supervisor starts a new worker in its place

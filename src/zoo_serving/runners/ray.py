@@ -97,7 +97,7 @@ class WorkerActor:
             self._finished.set()
         stats = worker.stats
         counts = {"name": worker.name, "succeeded": stats.succeeded, "failed": stats.failed}
-        counts["stats"] = stats.published()
+        counts["models"] = worker.published_by_model()
         # left in a model call past params.batch_timeout_s: the runner kills this actor
         return {**counts, "stuck": 1} if worker.left_stuck else counts
 
@@ -314,7 +314,7 @@ class RayRunner(Runner):
                     )
                 continue
             if counts and self.metrics is not None:
-                self.metrics.worker_ended(counts["name"], counts["stats"])
+                self.metrics.worker_ended(counts["name"], counts["models"])
             if counts and counts.get("stuck") and not self._stopping:
                 self._replace(ref, index)
                 continue

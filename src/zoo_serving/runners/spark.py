@@ -208,7 +208,7 @@ class SparkRunner(Runner):
             else:
                 self._results.append(value)
                 if self.metrics is not None:  # its counts, the drain after its last beat too
-                    self.metrics.worker_ended(value["name"], value["stats"])
+                    self.metrics.worker_ended(value["name"], value["models"])
                 log.info(
                     "spark worker %s ended: %d succeeded, %d failed",
                     value["name"],

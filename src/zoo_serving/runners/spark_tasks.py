@@ -86,4 +86,4 @@ def _serve(
         leave_stuck_process()
     stats = worker.stats
     counts = {"name": worker.name, "succeeded": stats.succeeded, "failed": stats.failed}
-    yield ("done", {**counts, "stats": stats.published()})
+    yield ("done", {**counts, "models": worker.published_by_model()})

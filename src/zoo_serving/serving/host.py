@@ -167,9 +167,21 @@ class ModelHost:
         total = WorkerStats()
         with self.table.lock:
             parts = [m.worker.stats for m in self.table.models.values() if m.worker is not None]
-        for part in [self.table.finished, *parts]:
+        for part in [*self.table.finished.values(), *parts]:
             total.merge(part)
         return total
+
+    def published_by_model(self) -> dict[str, dict[str, Any]]:
+        """What each model's workers counted, those that stopped included: the final counts
+        a runner hands back to the server's metrics when this host ends."""
+        with self.table.lock:
+            by_model = {name: WorkerStats() for name in self.table.finished}
+            for name, stats in self.table.finished.items():
+                by_model[name].merge(stats)
+            for name, m in self.table.models.items():
+                if m.worker is not None:
+                    by_model.setdefault(name, WorkerStats()).merge(m.worker.stats)
+        return {name: stats.published() for name, stats in by_model.items()}
 
     # ------------------------------------------------------------------ the wanted state
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -58,7 +59,8 @@ class ModelTable:
         self.models: dict[str, ModelState] = {}
         self.index: dict[str, dict[str, Any]] = {}  # the model index, as last read
         self.lock = threading.RLock()
-        self.finished = WorkerStats()  # what workers that stopped did
+        # what each model's workers that stopped did
+        self.finished: defaultdict[str, WorkerStats] = defaultdict(WorkerStats)
         self._loads = ThreadPoolExecutor(config.params.max_loads, thread_name_prefix="load")
 
     def shutdown(self) -> None:
@@ -218,7 +220,7 @@ class ModelTable:
         if thread is not None:
             thread.join()
         with self.lock:
-            self.finished.merge(worker.stats)
+            self.finished[state.name].merge(worker.stats)
             state.worker, state.thread = None, None
             state.stop = threading.Event()
             state.state = "evicted" if reason == "evicted" else "unloaded"

@@ -194,6 +194,11 @@ class Worker:
         if self._heartbeat is not None:
             self._heartbeat.announce(version.model)
 
+    def published_by_model(self) -> dict[str, dict[str, Any]]:
+        """What this worker counted, by model (its one): the final counts a runner hands
+        back to the server's metrics when the worker ends."""
+        return {self.model_name: self.stats.published()}
+
     @property
     def healthy(self) -> bool:
         """Ready, and not stuck in a batch past ``params.batch_timeout_s``."""
@@ -241,7 +246,7 @@ class Worker:
         ]
         if self._heartbeat is not None:
             threads.append(self._thread("heartbeat", self._heartbeat.loop, halt, self._healthy))
-        self.metrics.worker_started(self.name, self.stats)
+        self.metrics.worker_started(self.name, self.stats, model=self.model_name)
         for t in [infer, *threads]:
             t.start()
         try:
@@ -255,7 +260,7 @@ class Worker:
                 t.join()
             if self._heartbeat is not None:
                 self._heartbeat.clear()
-            self.metrics.worker_stopped(self.name)
+            self.metrics.worker_stopped(self.name, model=self.model_name)
         log.info(
             "worker %s stopped: %d succeeded, %d failed",
             self.name,
