@@ -68,12 +68,60 @@ def connect(
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
-    data = data or DataConfig()
+    target, options = _options(data or DataConfig(), url)
+    options["retry"] = Retry(ExponentialBackoff(cap=1.0, base=0.05), 0)  # the check fails fast
+    if zero_copy:
+        options["command_packer"] = ViewPacker()
+    options.update(kwargs)
+    client = redis.Redis.from_url(target, **options)
+    if check:
+        try:
+            client.ping()
+        except redis.exceptions.RedisError as exc:
+            client.close()
+            raise refused(target, exc) from None
+    # from now on a Redis restarting is retried (about 6 s with backoff) before raising
+    client.set_retry(Retry(ExponentialBackoff(cap=1.0, base=0.05), retries))
+    return client
+
+
+def connect_async(
+    data: DataConfig | None = None,
+    *,
+    url: str | None = None,
+    retries: int = RECONNECT_TRIES,
+    **kwargs: Any,
+) -> tuple[Any, str]:
+    """A ``redis.asyncio`` client for ``data`` or ``url`` (as :func:`connect`), and its URL
+    without the password; nothing is sent yet (``await check_async(client, url)`` checks).
+    Memoryview arguments go to the socket as they are: redis.asyncio packs them so."""
+    import redis.asyncio
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+
+    target, options = _options(data or DataConfig(), url)
+    options["retry"] = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries)
+    options.update(kwargs)
+    return redis.asyncio.Redis.from_url(target, **options), safe_url(target)
+
+
+async def check_async(client: Any, where: str) -> None:
+    """Ping a ``redis.asyncio`` client.
+
+    Raises:
+        BrokerConnectionError: Redis does not answer or refuses the login.
+    """
+    import redis
+
+    try:
+        await client.ping()
+    except redis.exceptions.RedisError as exc:
+        raise refused(where, exc) from None
+
+
+def _options(data: DataConfig, url: str | None) -> tuple[str, dict[str, Any]]:
     target = url or redis_url(data)
-    options: dict[str, Any] = {
-        "health_check_interval": 30,
-        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 0),  # the first check fails fast
-    }
+    options: dict[str, Any] = {"health_check_interval": 30}
     if not target.startswith("unix://"):
         options["socket_keepalive"] = True  # TCP only: a unix socket has no keepalive
     if data.password and not urlsplit(target).password:
@@ -87,29 +135,23 @@ def connect(
             options["ssl_certfile"] = data.tls_cert
         if data.tls_key:
             options["ssl_keyfile"] = data.tls_key
-    if zero_copy:
-        options["command_packer"] = ViewPacker()
-    options.update(kwargs)
-    client = redis.Redis.from_url(target, **options)
-    if check:
-        try:
-            client.ping()
-        except redis.exceptions.AuthenticationError as exc:
-            client.close()
-            raise BrokerConnectionError(
-                f"Redis at {safe_url(target)} refused the login: {exc}; check data.password / "
-                "data.username or the URL's credentials",
-                url=safe_url(target),
-            ) from None
-        except redis.exceptions.RedisError as exc:
-            client.close()
-            raise BrokerConnectionError(
-                f"Redis at {safe_url(target)} does not answer: {exc}; {_hint(target, exc)}",
-                url=safe_url(target),
-            ) from None
-    # from now on a Redis restarting is retried (about 6 s with backoff) before raising
-    client.set_retry(Retry(ExponentialBackoff(cap=1.0, base=0.05), retries))
-    return client
+    return target, options
+
+
+def refused(target: str, exc: BaseException) -> BrokerConnectionError:
+    """The error for a Redis at ``target`` that did not answer ``exc``, or refused the login."""
+    import redis
+
+    if isinstance(exc, redis.exceptions.AuthenticationError):
+        return BrokerConnectionError(
+            f"Redis at {safe_url(target)} refused the login: {exc}; check data.password / "
+            "data.username or the URL's credentials",
+            url=safe_url(target),
+        )
+    return BrokerConnectionError(
+        f"Redis at {safe_url(target)} does not answer: {exc}; {_hint(target, exc)}",
+        url=safe_url(target),
+    )
 
 
 def _hint(target: str, exc: BaseException) -> str:

@@ -128,9 +128,8 @@ class Writer:
 
     def _completion(self, item: Item) -> Completion:
         place = wire.result_place(item.reply, self.config.data.stream, item.uri, item.entry.fields)
-        return Completion(
-            item.entry, item.uri, item.result or b"", place.key, place.how, place.claim
-        )
+        value = place.prefix + item.result if place.prefix and item.result else item.result
+        return Completion(item.entry, item.uri, value or b"", place.key, place.how, place.claim)
 
     def _observe(self, items: list[Item], write_s: float) -> None:
         written = time.perf_counter()
