@@ -3,33 +3,24 @@ results and errors become responses (FastAPI, imported when an app is built)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._version import __version__
-from ..broker.presence import Presence
 from ..config import Config, load_config
-from ..errors import (
-    BrokerConnectionError,
-    DeadlineExceededError,
-    InputError,
-    MissingDependencyError,
-    PayloadTooLargeError,
-    QueueFullError,
-    ResultTimeoutError,
-    ZooServingError,
-)
-from . import bodies, limits
+from ..errors import MissingDependencyError, ZooServingError
+from . import binary, bodies, limits
 from .bodies import HttpError
+from .door import DoorQueue, Doors, http_status
 
 log = logging.getLogger(__name__)
 
-READY_CACHE_S = 0.5  # a positive readiness answer is reused this long
-MODEL_CACHE_S = 2.0  # the published model description is reused this long
+OFF_LOOP_BYTES = 1 << 20  # a body this large is parsed in a thread, off the event loop
 MODEL_VERSION = "1"  # one model, one version: what /v2/models/<name>/versions/<v> accepts
 
 
@@ -53,85 +44,6 @@ def model_name(config: Config) -> str:
     return path.stem if path.suffix else path.name
 
 
-def _status(exc: BaseException) -> int:
-    """The HTTP status of an error a record or the queue gave."""
-    if isinstance(exc, PayloadTooLargeError):
-        return 413
-    if isinstance(exc, InputError):
-        return 400
-    if isinstance(exc, (QueueFullError, BrokerConnectionError)):
-        return 503
-    if isinstance(exc, (ResultTimeoutError, DeadlineExceededError)):
-        return 504
-    return 500
-
-
-class DoorQueue:
-    """The front door's side of Redis: readiness, the model's description, records in and
-    results out."""
-
-    def __init__(self, config: Config) -> None:
-        from ..client import InputQueue
-
-        self.config = config
-        self.stream = config.data.stream
-        self.timeout_s = config.http.timeout_s
-        self.inq = InputQueue(config=config)
-        self.presence = Presence(self.inq.db, self.stream)
-        self._ready_until = 0.0
-        self._model: tuple[float, dict[str, Any] | None] = (0.0, None)
-
-    def close(self) -> None:
-        self.inq.close()
-
-    def ready(self) -> bool:
-        now = time.monotonic()
-        if now < self._ready_until:
-            return True
-        ok = self.presence.is_ready()
-        if ok:
-            self._ready_until = now + READY_CACHE_S
-        return ok
-
-    def model(self) -> dict[str, Any] | None:
-        """What the workers published about the model (backend, inputs, outputs), if any."""
-        now = time.monotonic()
-        stamp, info = self._model
-        if info is None or now - stamp > MODEL_CACHE_S:
-            info = self.presence.model()
-            self._model = (now, info)
-        return info
-
-    def require_ready(self) -> dict[str, Any]:
-        if not self.ready():
-            raise HttpError(
-                503,
-                f"model not ready: no worker of stream {self.stream} has its model loaded; "
-                "retry when /v2/health/ready answers 200",
-                "not_ready",
-            )
-        return self.model() or {"inputs": [], "outputs": []}
-
-    def run(self, records: list[bodies.Record]) -> list[Any]:
-        """Send records, wait for every result (``http.timeout_s`` in total); a failed record
-        raises an :class:`HttpError` naming it. Results come back to keys only this call
-        knows, so no ``OutputQueue.dequeue`` elsewhere can take them."""
-        try:
-            results = self.inq.predict_many(records, self.timeout_s, return_exceptions=True)
-        except ResultTimeoutError as exc:
-            raise HttpError(
-                504,
-                f"{exc.details.get('missing', len(records))} of {len(records)} results missing "
-                f"after http.timeout_s={self.timeout_s}s; the workers may be overloaded",
-                ResultTimeoutError.code,
-            ) from None
-        for i, result in enumerate(results):
-            if isinstance(result, ZooServingError):
-                where = f"record {i}: " if len(records) > 1 else ""
-                raise HttpError(_status(result), where + result.message, result.code)
-        return results
-
-
 def _reply(content: Any, status: int = 200) -> Any:
     from starlette.responses import Response
 
@@ -143,7 +55,7 @@ def _failure(exc: BaseException) -> Any:
     if isinstance(exc, HttpError):
         return _reply({"error": exc.message, "code": exc.code}, exc.status)
     if isinstance(exc, ZooServingError):
-        return _reply({"error": exc.message or str(exc), "code": exc.code}, _status(exc))
+        return _reply({"error": exc.message or str(exc), "code": exc.code}, http_status(exc))
     import redis
 
     if isinstance(exc, redis.exceptions.RedisError):
@@ -152,105 +64,141 @@ def _failure(exc: BaseException) -> Any:
     return _reply({"error": f"{type(exc).__name__}: {exc}", "code": "server"}, 500)
 
 
+async def _off_loop_if_large(size: int, fn: Any, *args: Any) -> Any:
+    """``fn(*args)``, in a thread when it works on a large body (parsing megabytes of JSON
+    would hold every other request up), else here on the event loop."""
+    if size > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
+
+
 class _Routes:
-    """What each route does; blocking work (JSON parsing, Redis) runs in the server's thread
-    pool."""
+    """What each route does, on the event loop: every Redis call is awaited there (one
+    sender task and one inbox listener for all requests); only large bodies are parsed in a
+    thread."""
 
     def __init__(self, config: Config) -> None:
-        self.queue = DoorQueue(config)
         self.name = model_name(config)
+        self.doors = Doors(config, self.name)
         self.max_payload_bytes = config.data.max_payload_bytes
         self.body_limit = max(4 * self.max_payload_bytes, 1 << 20)  # JSON: ~4x bytes
 
-    async def call(self, fn: Any, *args: Any) -> Any:
-        from starlette.concurrency import run_in_threadpool
-
-        try:
-            return _reply(await run_in_threadpool(fn, *args))
-        except Exception as exc:
-            return _failure(exc)
-
-    async def post(self, fn: Any, request: Any, *named: str) -> Any:
-        """Check the model name (and version), read the body up to its limit, then parse it
-        and run ``fn(body, version)`` in the thread pool."""
-        try:
-            if named:
-                self.check_name(*named)
-            raw = await limits.read_body(request, self.body_limit)
-        except HttpError as exc:
-            return _failure(exc)
-        version = named[1] if len(named) > 1 else None
-        return await self.call(lambda: fn(limits.parse_json(raw), version))
-
-    def check_name(self, requested: str, version: str | None = None) -> None:
-        if requested != self.name:
+    def door(self, requested: str, version: str | None = None) -> DoorQueue:
+        door = self.doors.get(requested)
+        if door is None:
             raise HttpError(
                 404, f"no model {requested!r}; this server serves {self.name!r}", "no_model"
             )
         if version is not None and version != MODEL_VERSION:
             raise HttpError(
                 404,
-                f"no version {version!r} of model {self.name!r}; it serves version "
+                f"no version {version!r} of model {requested!r}; it serves version "
                 f"{MODEL_VERSION!r}",
                 "no_version",
             )
+        return door
 
-    def predict(self, body: Any, version: str | None = None) -> Any:
-        info = self.queue.model() or {"inputs": []}
-        dtypes = [np.dtype(s["dtype"]) for s in info["inputs"]]
-        records = bodies.parse_instances(body, dtypes)
-        limits.check_payloads(records, self.max_payload_bytes)
-        self.queue.require_ready()
-        return bodies.predictions(self.queue.run(records))
+    async def predict(self, request: Any) -> Any:
+        """Cluster Serving's ``POST /predict``."""
+        try:
+            door = self.doors.default
+            raw = await limits.read_body(request, self.body_limit)
+            info = await door.model() or {"inputs": []}
+            dtypes = [np.dtype(s["dtype"]) for s in info["inputs"]]
+            records = await _off_loop_if_large(len(raw), _instances, raw, dtypes)
+            limits.check_payloads(records, self.max_payload_bytes)
+            await door.require_ready()
+            return _reply(bodies.predictions(await door.run(records)))
+        except Exception as exc:
+            return _failure(exc)
 
-    def infer(self, body: Any, version: str | None = None) -> Any:
-        tensors, wanted = bodies.parse_v2_inputs(body)
-        info = self.queue.require_ready()
-        offered = [s["name"] for s in bodies.v2_output_specs(info)]
-        unknown = [name for name in wanted or () if name not in offered]
-        if unknown:
-            raise bodies.bad(
-                f"outputs {unknown} are not among the outputs of model {self.name!r}: {offered} "
-                f"(as GET /v2/models/{self.name} lists them)"
-            )
-        ranks = {s["name"]: len(s["shape"]) - 1 for s in info["inputs"]}
-        records, batched = bodies.split_batch(tensors, ranks)
-        limits.check_payloads(records, self.max_payload_bytes)
-        results = self.queue.run(records)
-        outputs = [s["name"] for s in info["outputs"]]
-        content: dict[str, Any] = {"model_name": self.name}
-        if version is not None:
-            content["model_version"] = version
+    async def infer(self, request: Any, *named: str) -> Any:
+        """KServe v2 ``POST /v2/models/<name>[/versions/<v>]/infer``, JSON or binary."""
+        try:
+            door = self.door(*named)
+            raw = await limits.read_body(request, self.body_limit)
+            header = request.headers.get(binary.HEADER_LENGTH)
+            body, tensors, wanted = await _off_loop_if_large(len(raw), _v2_inputs, raw, header)
+            info = await door.require_ready()
+            offered = [s["name"] for s in bodies.v2_output_specs(info)]
+            unknown = [name for name in wanted or () if name not in offered]
+            if unknown:
+                raise bodies.bad(
+                    f"outputs {unknown} are not among the outputs of model {named[0]!r}: "
+                    f"{offered} (as GET /v2/models/{named[0]} lists them)"
+                )
+            ranks = {s["name"]: len(s["shape"]) - 1 for s in info["inputs"]}
+            records, batched = bodies.split_batch(tensors, ranks)
+            limits.check_payloads(records, self.max_payload_bytes)
+            results = await door.run(records)
+            outputs = [s["name"] for s in info["outputs"]]
+            specs, arrays = bodies.v2_output_arrays(results, outputs, batched, wanted)
+        except Exception as exc:
+            return _failure(exc)
+        content: dict[str, Any] = {"model_name": named[0]}
+        if len(named) > 1:
+            content["model_version"] = named[1]
         if isinstance(body.get("id"), str):
             content["id"] = body["id"]
-        content["outputs"] = bodies.v2_outputs(results, outputs, batched, wanted)
-        return content
+        content["outputs"] = specs
+        size = sum(a.nbytes for a in arrays)
+        answer, head = await _off_loop_if_large(
+            size * 8, binary.encode_answer, content, arrays, binary.binary_outputs(body)
+        )
+        return _binary_reply(answer, head)
 
-    def metadata(self, requested: str, version: str | None = None) -> Any:
-        self.check_name(requested, version)
-        info = self.queue.model()
-        if info is None:
-            raise HttpError(503, f"model {self.name!r} not loaded yet: no worker published it")
-        return {
-            "name": self.name,
-            "versions": [MODEL_VERSION],
-            "platform": info.get("backend", ""),
-            "inputs": [bodies.v2_tensor_spec(s) for s in info["inputs"]],
-            "outputs": bodies.v2_output_specs(info),
-        }
+    async def metadata(self, *named: str) -> Any:
+        try:
+            door = self.door(*named)
+            info = await door.model()
+            if info is None:
+                raise HttpError(503, f"model {named[0]!r} not loaded yet: no worker published it")
+            return _reply(
+                {
+                    "name": named[0],
+                    "versions": [MODEL_VERSION],
+                    "platform": info.get("backend", ""),
+                    "inputs": [bodies.v2_tensor_spec(s) for s in info["inputs"]],
+                    "outputs": bodies.v2_output_specs(info),
+                }
+            )
+        except Exception as exc:
+            return _failure(exc)
 
     async def ready(self, *named: str) -> Any:
         """200 ``{"ready": true}`` while a worker is ready, else 503 ``{"ready": false}``."""
-        from starlette.concurrency import run_in_threadpool
-
         try:
-            if named:
-                self.check_name(*named)
-            ok = await run_in_threadpool(self.queue.ready)
+            door = self.door(*named) if named else self.doors.default
+            ok = await door.ready()
         except Exception as exc:
             return _failure(exc)
-        which = {"name": self.name} if named else {}
+        which = {"name": named[0]} if named else {}
         return _reply({**which, "ready": ok}, 200 if ok else 503)
+
+
+def _instances(raw: bytes, dtypes: list[np.dtype]) -> list[bodies.Record]:
+    return bodies.parse_instances(limits.parse_json(raw), dtypes)
+
+
+def _v2_inputs(raw: bytes, header: str | None) -> tuple[Any, dict[str, np.ndarray], Any]:
+    body, data = binary.split_body(raw, header)
+    if data is None:
+        tensors, wanted = bodies.parse_v2_inputs(body)
+    else:
+        inputs = binary.BinaryInputs(data)
+        tensors, wanted = bodies.parse_v2_inputs(body, inputs)
+        inputs.check_used()
+    return body, tensors, wanted
+
+
+def _binary_reply(answer: bytes, header_length: int | None) -> Any:
+    from starlette.responses import Response
+
+    if header_length is None:
+        return Response(answer, 200, media_type="application/json")
+    response = Response(answer, 200, media_type="application/octet-stream")
+    response.headers["Inference-Header-Content-Length"] = str(header_length)
+    return response
 
 
 def create_app(config: Any) -> Any:
@@ -267,45 +215,19 @@ def create_app(config: Any) -> Any:
     from starlette.exceptions import HTTPException
 
     routes = _Routes(load_config(config))
-    app = fastapi.FastAPI(title="zoo_serving", version=__version__, docs_url=None, redoc_url=None)
-    app.state.queue = routes.queue
 
-    # Starlette-style routes (the request in, a response out): the JSON is parsed here, so a
-    # malformed body is our 400 with a message, not a framework's 422
-    def names(request: Any) -> tuple[str, ...]:
-        params = request.path_params
-        return tuple(params[k] for k in ("name", "version") if k in params)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        await routes.doors.check()  # Redis answers, or the door does not start
+        yield
+        await routes.doors.close()  # on the loop its Redis connections belong to
 
-    async def predict(request: Any) -> Any:
-        return await routes.post(routes.predict, request)
+    app = fastapi.FastAPI(
+        title="zoo_serving", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan
+    )
+    app.state.doors = routes.doors
 
-    async def infer(request: Any) -> Any:
-        return await routes.post(routes.infer, request, *names(request))
-
-    async def metadata(request: Any) -> Any:
-        return await routes.call(routes.metadata, *names(request))
-
-    async def model_ready(request: Any) -> Any:
-        return await routes.ready(*names(request))
-
-    async def ready(request: Any) -> Any:
-        return await routes.ready()
-
-    async def live(request: Any) -> Any:
-        return _reply({"live": True})
-
-    async def server(request: Any) -> Any:
-        return _reply({"name": "zoo_serving", "version": __version__, "extensions": []})
-
-    handlers = {
-        "predict": predict,
-        "infer": infer,
-        "metadata": metadata,
-        "model_ready": model_ready,
-        "ready": ready,
-        "live": live,
-        "server": server,
-    }
+    handlers = _handlers(routes)
     for method, path, handler in ROUTES:
         app.add_route(path, handlers[handler], methods=[method])
 
@@ -326,6 +248,49 @@ def create_app(config: Any) -> Any:
     app.add_exception_handler(HTTPException, no_route)
     app.add_exception_handler(Exception, crashed)
     return app
+
+
+def _handlers(routes: _Routes) -> dict[str, Any]:
+    """Starlette-style handlers (the request in, a response out), by name: the JSON is
+    parsed in the routes, so a malformed body is our 400 with a message, not a framework's
+    422."""
+
+    def names(request: Any) -> tuple[str, ...]:
+        params = request.path_params
+        return tuple(params[k] for k in ("name", "version") if k in params)
+
+    async def predict(request: Any) -> Any:
+        return await routes.predict(request)
+
+    async def infer(request: Any) -> Any:
+        return await routes.infer(request, *names(request))
+
+    async def metadata(request: Any) -> Any:
+        return await routes.metadata(*names(request))
+
+    async def model_ready(request: Any) -> Any:
+        return await routes.ready(*names(request))
+
+    async def ready(request: Any) -> Any:
+        return await routes.ready()
+
+    async def live(request: Any) -> Any:
+        return _reply({"live": True})
+
+    async def server(request: Any) -> Any:
+        return _reply(
+            {"name": "zoo_serving", "version": __version__, "extensions": ["binary_tensor_data"]}
+        )
+
+    return {
+        "predict": predict,
+        "infer": infer,
+        "metadata": metadata,
+        "model_ready": model_ready,
+        "ready": ready,
+        "live": live,
+        "server": server,
+    }
 
 
 # method, path, handler: every route of the front door

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..config import load_config
 from ..errors import ServerError
-from .app import DoorQueue, create_app, model_name
+from .app import create_app, model_name
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,6 @@ class HttpServer:
         self._port = self.config.http.port if port is None else port
         self._server: Any = None
         self._thread: threading.Thread | None = None
-        self._queue: DoorQueue | None = None
         self._socket: socket.socket | None = None
 
     @property
@@ -54,15 +53,14 @@ class HttpServer:
 
         self._socket = self._bind()
         app = create_app(self.config)
-        self._queue = app.state.queue
         config = uvicorn.Config(
             app,
             host=self.host,
             port=self._port,
-            loop="asyncio",
-            http="h11",
+            loop="auto",  # uvloop where installed
+            http="auto",  # httptools where installed, else h11
             ws="none",
-            lifespan="off",
+            lifespan="on",  # its shutdown closes the door's Redis clients on their loop
             log_config=None,  # the library configures no logging
             access_log=False,
             timeout_graceful_shutdown=int(self.config.http.timeout_s) + 1,
@@ -106,15 +104,12 @@ class HttpServer:
 
     def stop(self, timeout_s: float | None = None) -> None:
         """Stop accepting, let requests in flight finish (up to ``http.timeout_s``, or
-        ``timeout_s``), close the Redis clients."""
+        ``timeout_s``); the app's shutdown closes its Redis clients."""
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(self.config.http.timeout_s + 2 if timeout_s is None else timeout_s)
             self._thread = None
-        if self._queue is not None:
-            self._queue.close()
-            self._queue = None
         if self._socket is not None:
             self._socket.close()
             self._socket = None
