@@ -3,6 +3,7 @@ the add script, what an add that stopped short means, and the ``predict`` record
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -71,15 +72,35 @@ def full_message(added: Added, stream: str) -> str:
     )
 
 
+class Tokens:
+    """Tokens of the records of one inbox: a random prefix and a count. Only the inbox's
+    owner reads it (its id is the secret), so a token need only be unique within it; a
+    reply key (protocol 2) gets a random token instead."""
+
+    def __init__(self) -> None:
+        self.prefix = uuid.uuid4().hex[:8]
+        self._count = itertools.count(1)
+
+    def take(self, n: int) -> list[bytes]:
+        return [f"{self.prefix}{next(self._count):x}".encode() for _ in range(n)]
+
+
 def private_records(
-    batch: list[Any], timeout: float, inbox: str | None, place: Any = None
+    batch: list[Any],
+    timeout: float,
+    inbox: str | None,
+    tokens_of: Tokens | None = None,
+    place: Any = None,
 ) -> tuple[list[bytes], list[Outgoing]]:
     """Tokens and records for ``predict``: each record answered to its sender alone, in the
-    inbox ``inbox`` (protocol 3) or, without one, at its own reply key (protocol 2).
-    ``place(inputs)``, when given, may put large tensors in shared memory (returns the
-    inputs to send)."""
+    inbox ``inbox`` (protocol 3, tokens from ``tokens_of``) or, without one, at its own
+    reply key (protocol 2, random tokens). ``place(inputs)``, when given, may put large
+    tensors in shared memory (returns the inputs to send)."""
     deadline_ms = int((time.time() + timeout) * 1000)
-    tokens = [uuid.uuid4().hex.encode() for _ in batch]
+    if inbox is None or tokens_of is None:
+        tokens = [uuid.uuid4().hex.encode() for _ in batch]
+    else:
+        tokens = tokens_of.take(len(batch))
     box = None if inbox is None else inbox.encode()
     records = []
     for token, x in zip(tokens, batch):

@@ -30,13 +30,33 @@ from ..broker.producer import Added, Outgoing, StreamProducer
 from ..errors import QueueFullError, ZooServingError
 from ..wire import native
 from ..wire.native import ResultValue, decode_result
-from .adding import check_added, chunks, full_message, private_records, results_of
+from .adding import Tokens, check_added, chunks, full_message, private_records, results_of
 from .common import data_config, named, result_or_raise
 from .replies import POLL_S, TAKE, new_inbox_id, split_entry
 
 log = logging.getLogger(__name__)
 
 _Submitted = tuple[list[Outgoing], "asyncio.Future[None]"]  # records, resolved once they are in
+
+
+class _Waiting:
+    """The results one call awaits: a slot per token; ``done`` resolves when all are in, or
+    at the call's timeout (the missing ones left None)."""
+
+    def __init__(self, tokens: list[bytes], done: asyncio.Future[None]) -> None:
+        self.blobs: list[bytes | None] = [None] * len(tokens)
+        self.left = len(tokens)
+        self.done = done
+
+    def fill(self, i: int, blob: bytes) -> None:
+        self.blobs[i] = blob
+        self.left -= 1
+        if self.left == 0:
+            self.expire()
+
+    def expire(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
 
 
 class _AsyncRedisUser:
@@ -117,7 +137,8 @@ class AsyncInputQueue(_AsyncRedisUser):
         self._producer = StreamProducer(self.db, self.stream, shared=True)
         self.inbox_id = new_inbox_id()
         self._inbox_key = keys.inbox(self.stream, self.inbox_id)
-        self._waiting: dict[bytes, asyncio.Future[bytes]] = {}
+        self._waiting: dict[bytes, tuple[_Waiting, int]] = {}
+        self._tokens = Tokens()
         self._outgoing: list[_Submitted] = []
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -131,8 +152,8 @@ class AsyncInputQueue(_AsyncRedisUser):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        for fut in self._waiting.values():
-            fut.cancel()
+        for waiting, _ in self._waiting.values():
+            waiting.expire()
         self._waiting.clear()
         await super().close()
 
@@ -183,19 +204,22 @@ class AsyncInputQueue(_AsyncRedisUser):
         :meth:`zoo_serving.InputQueue.predict_many`."""
         started = time.monotonic()
         self._start()
-        tokens, records = private_records(batch, timeout, self.inbox_id)
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in tokens]
-        self._waiting.update(zip(tokens, futures))
+        tokens, records = private_records(batch, timeout, self.inbox_id, self._tokens)
+        waiting = _Waiting(tokens, asyncio.get_running_loop().create_future())
+        for i, token in enumerate(tokens):
+            self._waiting[token] = (waiting, i)
+        timer = None
         try:
             await self._submit(records)
             left = timeout - (time.monotonic() - started)
-            await asyncio.wait(futures, timeout=max(left, 0.0))
+            timer = asyncio.get_running_loop().call_later(max(left, 0.0), waiting.expire)
+            await waiting.done
         finally:
+            if timer is not None:
+                timer.cancel()
             for token in tokens:
                 self._waiting.pop(token, None)
-        blobs = [f.result() if f.done() and not f.cancelled() else None for f in futures]
-        results = results_of(blobs, tokens, timeout)
+        results = results_of(waiting.blobs, tokens, timeout)
         if return_exceptions:
             return results
         return [result_or_raise(r) for r in results]
@@ -308,9 +332,9 @@ class AsyncInputQueue(_AsyncRedisUser):
                 continue
             for blob in reply[1] if reply else ():
                 token, result = split_entry(blob)
-                fut = self._waiting.pop(token, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(result)
+                found = self._waiting.pop(token, None)
+                if found is not None:
+                    found[0].fill(found[1], result)
 
 
 class AsyncOutputQueue(_AsyncRedisUser):

@@ -157,7 +157,9 @@ class InputQueue(RedisUser):
                 (``details["missing"]``: how many).
         """
         started = time.monotonic()
-        tokens, records = private_records(batch, timeout, self.inbox.current_id())
+        tokens, records = private_records(
+            batch, timeout, self.inbox.current_id(), self.inbox.tokens
+        )
         waiting = self.inbox.expect(tokens)
         try:
             self._sender.submit(records)

@@ -19,6 +19,7 @@ import uuid
 from typing import Any
 
 from .. import keys
+from .adding import Tokens
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class Inbox:
         self._pid = -1
         self.id = ""
         self.key = b""
+        self.tokens = Tokens()
         self._waiting: dict[bytes, tuple[Waiting, int]] = {}
         self._running = False
         self.thread: threading.Thread | None = None  # the listener, while it runs
@@ -77,6 +79,7 @@ class Inbox:
         with self._lock:
             if self._pid != os.getpid():
                 self._pid, self.id = os.getpid(), new_inbox_id()
+                self.tokens = Tokens()
                 self.key = keys.inbox(self.stream, self.id)
                 self._waiting, self._running = {}, False
             return self.id
