@@ -120,7 +120,12 @@ def test_heartbeat_fields_in_order() -> None:
         "stages",
         "started",
         "ts",
+        "latency",
     ]
+    from zoo_serving.observe.stats import LATENCY_BUCKETS_MS
+
+    assert LATENCY_BUCKETS_MS[:4] == (0.25, 0.5, 1.0, 1.5) and len(LATENCY_BUCKETS_MS) == 24
+    assert beat["latency"] == {"counts": [0] * 25, "sum_s": 0.0}
     assert list(beat["stages"]) == [
         "records",
         "queue_wait",

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..broker.streams import stream_stats
 from ..errors import ZooServingError
+from ..observe.stats import last_minute_rate
 from .common import EXIT_NOT_READY, EXIT_OK, load, presence, read_server
 
 
@@ -31,13 +32,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return _print_status(status, args)
     workers = status["workers"]
     status["served"] = sum(w.get("succeeded", 0) + w.get("failed", 0) for w in workers)
-    status["throughput_1m"] = round(sum(_last_minute_rate(w, now) for w in workers), 2)
+    status["throughput_1m"] = round(sum(last_minute_rate(w, now) for w in workers), 2)
     return _print_status(status, args)
-
-
-def _last_minute_rate(beat: dict[str, Any], now: float) -> float:
-    """Records/s a worker answered over the last minute, or over its life while younger."""
-    return float(beat.get("served_1m", 0)) / min(60.0, max(1.0, now - beat.get("started", 0)))
 
 
 def _print_status(status: dict[str, Any], args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ only when switched on. ``Metrics()`` without a config is a sink that records not
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -31,7 +32,7 @@ from ..broker.queue import added_at
 from ..broker.streams import stream_stats
 from ..config import Config
 from ..errors import MissingDependencyError, ServerError
-from .stats import STAGES
+from .stats import LATENCY_BUCKETS_MS, STAGES
 from .tensorboard import summary_writer
 
 # the logger name error.log lines carry, as docs/observability.md shows them
@@ -305,7 +306,7 @@ class _StatsCollector:
         """Counters of every worker on the stream, whatever its runner or process, from the
         heartbeats it publishes (about a second old). Several servers on one stream each show
         all of them; the ``worker`` label tells the copies apart."""
-        from prometheus_client.core import CounterMetricFamily
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
         p = "zoo_serving_worker_"
         records = CounterMetricFamily(
@@ -323,7 +324,19 @@ class _StatsCollector:
         timed = CounterMetricFamily(
             p + "timed_records", "Records the stage seconds are summed over", labels=["worker"]
         )
+        latency = HistogramMetricFamily(
+            p + "latency_seconds",
+            "Seconds from a record's XADD to its result written, of the records a worker answered",
+            labels=["worker"],
+        )
         for name, beat in self._metrics.heartbeats().items():
+            counts = (beat.get("latency") or {}).get("counts")
+            if counts and len(counts) == len(LATENCY_BUCKETS_MS) + 1:
+                bounds = [f"{b / 1000:g}" for b in LATENCY_BUCKETS_MS] + ["+Inf"]
+                cumulative = list(itertools.accumulate(counts))
+                latency.add_metric(
+                    [name], list(zip(bounds, cumulative)), beat["latency"].get("sum_s", 0.0)
+                )
             records.add_metric([name, "succeeded"], beat.get("succeeded", 0))
             records.add_metric([name, "failed"], beat.get("failed", 0))
             for code, count in sorted(beat.get("failures", {}).items()):
@@ -332,4 +345,4 @@ class _StatsCollector:
             timed.add_metric([name], split.pop("records", 0))
             for stage, seconds in split.items():
                 stages.add_metric([name, stage], seconds)
-        yield from (records, failures, stages, timed)
+        yield from (records, failures, stages, timed, latency)

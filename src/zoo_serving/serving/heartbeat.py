@@ -96,6 +96,7 @@ class Heartbeat:
             "stages": stats.stages(),
             "started": self.started,
             "ts": time.time(),
+            "latency": stats.latency(),  # records' XADD to result, per LATENCY_BUCKETS_MS
         }
 
     def clear(self) -> None:

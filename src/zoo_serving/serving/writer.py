@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any
 
 from .. import wire
-from ..broker.queue import Completion, Queue
+from ..broker.queue import Completion, Queue, added_at
 from ..config import Config
 from ..errors import ServerError
 from ..observe.metrics import Metrics
@@ -135,5 +135,7 @@ class Writer:
         written = time.perf_counter()
         # records failed before batching were never timed
         self.stats.add_written(sum(written - i.answered_at for i in items if i.answered_at))
+        now = time.time()
+        self.stats.add_latencies([now - added_at(i.entry.id) for i in items])
         self.stats.recent.add(len(items))
         self.metrics.record_written(len(items), write_s)
