@@ -1,4 +1,4 @@
-"""``zoo-serve``: init, start, stop, restart, status, log, convert, demo, bench.
+"""``zoo-serve``: init, start, stop, restart, status, dashboard, log, convert, demo, bench.
 
 The commands live in :mod:`.start` (start, restart), :mod:`.stop`, :mod:`.status` and
 :mod:`.tools` (the rest); this module builds the parser and runs one. Exit codes
@@ -20,7 +20,7 @@ from .common import load as _load
 from .start import cmd_restart, cmd_start
 from .status import cmd_status
 from .stop import cmd_stop
-from .tools import cmd_bench, cmd_convert, cmd_demo, cmd_init, cmd_log
+from .tools import cmd_bench, cmd_convert, cmd_dashboard, cmd_demo, cmd_init, cmd_log
 
 __all__ = ["_load", "build_parser", "main"]
 
@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("status", help="readiness and workers; exit 0 only if ready"))
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_status)
+
+    p = with_config(
+        sub.add_parser("dashboard", help="serve the live status page alone (no inference)")
+    )
+    p.add_argument("--port", type=int, default=8089, help="port of the page (default 8089)")
+    p.add_argument("--host", default=None, help="address to listen on (default http.host)")
+    p.set_defaults(func=cmd_dashboard)
 
     p = with_config(sub.add_parser("log", help="show the error log"))
     p.add_argument("-n", type=_positive_int, default=50, help="lines to show")

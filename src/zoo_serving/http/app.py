@@ -14,9 +14,10 @@ import numpy as np
 from .._version import __version__
 from ..config import Config, load_config
 from ..errors import MissingDependencyError, ZooServingError
-from . import binary, bodies, limits
+from . import binary, bodies, limits, status
 from .bodies import HttpError
 from .door import DoorQueue, Doors, http_status
+from .status import StatusBoard
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class _Routes:
     def __init__(self, config: Config) -> None:
         self.name = model_name(config)
         self.doors = Doors(config, self.name)
+        self.board = StatusBoard(config, self.name)
         self.max_payload_bytes = config.data.max_payload_bytes
         self.body_limit = max(4 * self.max_payload_bytes, 1 << 20)  # JSON: ~4x bytes
 
@@ -212,30 +214,65 @@ def create_app(config: Any) -> Any:
         BrokerConnectionError: Redis does not answer.
     """
     fastapi = _imports()
-    from starlette.exceptions import HTTPException
-
     routes = _Routes(load_config(config))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> Any:
         await routes.doors.check()  # Redis answers, or the door does not start
-        yield
-        await routes.doors.close()  # on the loop its Redis connections belong to
+        routes.board.start()
+        try:
+            yield
+        finally:
+            routes.board.stop()
+            await routes.doors.close()  # on the loop its Redis connections belong to
+
+    app = _app(fastapi, lifespan, _handlers(routes), ROUTES)
+    app.state.doors = routes.doors
+    app.state.board = routes.board
+    return app
+
+
+def create_status_app(config: Any) -> Any:
+    """An app serving only the status page at ``/`` and its ``/status.json``, for
+    ``zoo-serve dashboard`` (no inference routes).
+
+    Raises:
+        MissingDependencyError: FastAPI or uvicorn is not installed.
+    """
+    fastapi = _imports()
+    cfg = load_config(config)
+    board = StatusBoard(cfg, model_name(cfg))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        board.start()
+        try:
+            yield
+        finally:
+            board.stop()
+
+    handlers = _status_handlers(board)
+    app = _app(fastapi, lifespan, handlers, STATUS_ROUTES)
+    app.state.board = board
+    return app
+
+
+def _app(fastapi: Any, lifespan: Any, handlers: dict[str, Any], routes: list[Any]) -> Any:
+    """A FastAPI app of ``routes`` whose every answer, errors included, is JSON (the page
+    aside)."""
+    from starlette.exceptions import HTTPException
 
     app = fastapi.FastAPI(
         title="zoo_serving", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan
     )
-    app.state.doors = routes.doors
-
-    handlers = _handlers(routes)
-    for method, path, handler in ROUTES:
+    for method, path, handler in routes:
         app.add_route(path, handlers[handler], methods=[method])
 
     async def no_route(request: Any, exc: Any) -> Any:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http")
         where = f"{request.method} {request.url.path}"
         message = {
-            404: f"no route {where}; the routes are " + ", ".join(f"{m} {p}" for m, p, _ in ROUTES),
+            404: f"no route {where}; the routes are " + ", ".join(f"{m} {p}" for m, p, _ in routes),
             405: f"{where}: the method is not allowed; allowed: {(exc.headers or {}).get('Allow')}",
         }.get(exc.status_code, f"{where}: {exc.detail}")
         response = _reply({"error": message, "code": code}, exc.status_code)
@@ -283,6 +320,7 @@ def _handlers(routes: _Routes) -> dict[str, Any]:
         )
 
     return {
+        **_status_handlers(routes.board),
         "predict": predict,
         "infer": infer,
         "metadata": metadata,
@@ -292,6 +330,21 @@ def _handlers(routes: _Routes) -> dict[str, Any]:
         "server": server,
     }
 
+
+def _status_handlers(board: StatusBoard) -> dict[str, Any]:
+    from starlette.responses import Response
+
+    async def status_page(request: Any) -> Any:
+        return Response(status.page(), 200, media_type="text/html; charset=utf-8")
+
+    async def status_json(request: Any) -> Any:
+        return _reply(board.snapshot())
+
+    return {"page": status_page, "status": status_json}
+
+
+# the status page and its figures: on the front door, and alone (zoo-serve dashboard)
+STATUS_ROUTES = [("GET", "/", "page"), ("GET", "/status.json", "status")]
 
 # method, path, handler: every route of the front door
 ROUTES = [
@@ -305,4 +358,5 @@ ROUTES = [
     ("GET", "/v2/health/ready", "ready"),
     ("GET", "/v2/health/live", "live"),
     ("GET", "/v2", "server"),
+    *STATUS_ROUTES,
 ]
