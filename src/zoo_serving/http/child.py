@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from ..config import load_config
-    from .app import FastPaths, create_app
+    from .app import create_app
+    from .fast import FastPaths
 
     args = argparse.ArgumentParser(prog="zoo_serving.http.child")
     args.add_argument("--fd", type=int, required=True, help="the listening socket")

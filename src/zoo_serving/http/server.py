@@ -10,8 +10,9 @@ from typing import Any
 
 from ..config import load_config
 from ..errors import ServerError
-from .app import FastPaths, create_app, model_name
+from .app import create_app, model_name
 from .children import Children
+from .fast import FastPaths
 
 log = logging.getLogger(__name__)
 
