@@ -137,3 +137,14 @@ def results_of(blobs: list[bytes | None], tokens: list[bytes], timeout: float) -
         except ZooServingError as exc:
             out.append(exc)
     return out
+
+
+def new_arena(client: Any, shared_memory: int | bool) -> Any:
+    """The shared memory arena a client asked for (``shared_memory``: bytes, or True for the
+    default size), or None."""
+    if not shared_memory:
+        return None
+    from ..shm.arena import DEFAULT_BYTES, Arena
+
+    nbytes = DEFAULT_BYTES if shared_memory is True else int(shared_memory)
+    return Arena(client.data, client.url, client.stream, nbytes)

@@ -30,7 +30,15 @@ from ..broker.producer import Added, Outgoing, StreamProducer
 from ..errors import QueueFullError, ZooServingError
 from ..wire import native
 from ..wire.native import ResultValue, decode_result
-from .adding import Tokens, check_added, chunks, full_message, private_records, results_of
+from .adding import (
+    Tokens,
+    check_added,
+    chunks,
+    full_message,
+    new_arena,
+    private_records,
+    results_of,
+)
 from .common import data_config, named, result_or_raise
 from .replies import POLL_S, TAKE, new_inbox_id, split_entry
 
@@ -82,6 +90,7 @@ class _AsyncRedisUser:
         if url is None and (host is not None or port is not None):
             url = f"redis://{host or 'localhost'}:{port or 6379}"
         self.stream = name or data.stream
+        self.data, self.url = data, url
         redis_options.setdefault("socket_timeout", None)  # blocking reads bound themselves
         redis_options.setdefault("socket_connect_timeout", 5.0)
         self.db, self.where = connect_async(data, url=url, **redis_options)
@@ -131,9 +140,16 @@ class AsyncInputQueue(_AsyncRedisUser):
             answer = await q.predict({"input": array})         # enqueue and await, privately
     """
 
-    def __init__(self, *args: Any, wait_if_full_s: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        wait_if_full_s: float = 0.0,
+        shared_memory: int | bool = 0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.wait_if_full_s = wait_if_full_s
+        self.arena = new_arena(self, shared_memory)
         self._producer = StreamProducer(self.db, self.stream, shared=True)
         self.inbox_id = new_inbox_id()
         self._inbox_key = keys.inbox(self.stream, self.inbox_id)
@@ -155,6 +171,8 @@ class AsyncInputQueue(_AsyncRedisUser):
         for waiting, _ in self._waiting.values():
             waiting.expire()
         self._waiting.clear()
+        if self.arena is not None:
+            self.arena.close()
         await super().close()
 
     # ---------------------------------------------------------------- by uri
@@ -204,7 +222,9 @@ class AsyncInputQueue(_AsyncRedisUser):
         :meth:`zoo_serving.InputQueue.predict_many`."""
         started = time.monotonic()
         self._start()
-        tokens, records = private_records(batch, timeout, self.inbox_id, self._tokens)
+        slots: list[Any] = []
+        place = None if self.arena is None else self.arena.placer(slots)
+        tokens, records = private_records(batch, timeout, self.inbox_id, self._tokens, place)
         waiting = _Waiting(tokens, asyncio.get_running_loop().create_future())
         for i, token in enumerate(tokens):
             self._waiting[token] = (waiting, i)
@@ -219,6 +239,8 @@ class AsyncInputQueue(_AsyncRedisUser):
                 timer.cancel()
             for token in tokens:
                 self._waiting.pop(token, None)
+            for slot in slots:  # answered, or nobody waits for it anymore
+                self.arena.free(slot)
         results = results_of(waiting.blobs, tokens, timeout)
         if return_exceptions:
             return results

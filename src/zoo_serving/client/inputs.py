@@ -11,7 +11,7 @@ from typing import Any
 from ..broker.producer import Added, Outgoing, StreamProducer
 from ..errors import QueueFullError
 from ..wire import native
-from .adding import check_added, chunks, full_message, private_records, results_of
+from .adding import check_added, chunks, full_message, new_arena, private_records, results_of
 from .common import RedisUser, named, result_or_raise
 from .replies import Inbox
 from .sender import CombiningSender
@@ -28,12 +28,24 @@ class InputQueue(RedisUser):
         password: Redis password.
         wait_if_full_s: when the stream is at the server's bound, wait up to this long for
             room before raising :class:`QueueFullError` (default: raise at once).
+        shared_memory: for clients on the server's host: ``predict`` places tensors of
+            64 KiB or more in a shared memory region of this many bytes (True: 64 MiB) and
+            sends references (protocol 3); the workers read them in place. When the region is
+            full, tensors go through Redis as usual. Freed by :meth:`close`, or by the
+            workers when this process goes away.
     """
 
-    def __init__(self, *args: Any, wait_if_full_s: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        wait_if_full_s: float = 0.0,
+        shared_memory: int | bool = 0,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("zero_copy", True)  # tensors go from the arrays to the socket
         super().__init__(*args, **kwargs)
         self.wait_if_full_s = wait_if_full_s
+        self.arena = new_arena(self, shared_memory)
         self._producer = StreamProducer(self.db, self.stream)
         # predict: one producer and one inbox for every thread, records combined into few
         # round trips (sender.py), results read by one listener (replies.py)
@@ -44,8 +56,10 @@ class InputQueue(RedisUser):
         self.inbox = Inbox(self.db, self.stream)
 
     def close(self) -> None:
-        """Stop the inbox's listener and close the connection pool."""
+        """Stop the inbox's listener, free the shared memory, close the connection pool."""
         self.inbox.close()
+        if self.arena is not None:
+            self.arena.close()
         super().close()
 
     def enqueue(self, uri: str, deadline_s: float | None = None, **inputs: Any) -> str:
@@ -157,16 +171,23 @@ class InputQueue(RedisUser):
                 (``details["missing"]``: how many).
         """
         started = time.monotonic()
-        tokens, records = private_records(
-            batch, timeout, self.inbox.current_id(), self.inbox.tokens
-        )
-        waiting = self.inbox.expect(tokens)
+        slots: list[Any] = []
+        place = None if self.arena is None else self.arena.placer(slots)
         try:
-            self._sender.submit(records)
-        except BaseException:
-            self.inbox.forget(waiting)
-            raise
-        blobs = self.inbox.wait(waiting, timeout - (time.monotonic() - started))
+            tokens, records = private_records(
+                batch, timeout, self.inbox.current_id(), self.inbox.tokens, place
+            )
+            waiting = self.inbox.expect(tokens)
+            try:
+                self._sender.submit(records)
+            except BaseException:
+                self.inbox.forget(waiting)
+                raise
+            blobs = self.inbox.wait(waiting, timeout - (time.monotonic() - started))
+        finally:
+            for slot in slots:  # answered, or nobody waits for it anymore
+                assert self.arena is not None
+                self.arena.free(slot)
         results = results_of(blobs, tokens, timeout)
         if return_exceptions:
             return results
