@@ -159,3 +159,21 @@ def test_closing_stops_the_listener_at_once(redis_url, stream) -> None:
     queue.close()
     listener.join(0.5)
     assert not listener.is_alive(), "the listener outlived close()"
+
+
+def test_threads_combined_on_a_full_stream_fail_only_the_records_that_did_not_fit(
+    redis_url, redis_client, stream
+) -> None:
+    redis_client.set(keys.max_len(stream), 6)
+    with InputQueue(url=redis_url, name=stream) as q, ThreadPoolExecutor(12) as pool:
+
+        def call(x: np.ndarray) -> Any:
+            try:
+                return q.predict(x, timeout=1.0)
+            except (QueueFullError, ResultTimeoutError) as exc:
+                return exc
+
+        outcomes = list(pool.map(call, _xs(12, 8)))
+    full = [o for o in outcomes if isinstance(o, QueueFullError)]
+    assert (len(full), redis_client.xlen(stream)) == (6, 6)  # six went in, nobody serves them
+    assert all(isinstance(o, ResultTimeoutError) for o in outcomes if o not in full)

@@ -55,7 +55,7 @@ def test_tensors_go_by_shared_memory_and_answers_equal_onnxruntime(
         assert b"tensor:t" not in fields and sum(len(v) for v in fields.values()) < 1000
         _start(serve, cnn96)
         got = q.predict(list(xs), timeout=30)
-        assert q.arena._free == [(0, 8 << 20)]  # every slot back once the answers were in
+        assert q.arena.slots.free == [(0, 8 << 20)]  # every slot back once the answers were in
     for i, result in enumerate(got):
         assert_top_n(result, direct[i], 3)
     assert not region.exists()  # close() freed it

@@ -23,6 +23,40 @@ DEFAULT_BYTES = 64 << 20  # an arena's size unless asked otherwise
 MIN_BYTES = 64 << 10  # smaller tensors go through Redis: a slot costs more than their copy
 
 
+class Slots:
+    """Free space of a region: first fit on :data:`ALIGN`-byte boundaries, a freed slot merged
+    with its free neighbours. Thread-safe."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.free: list[tuple[int, int]] = [(0, nbytes)]  # (offset, size), by offset
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> int | None:
+        """The offset of a slot of ``nbytes``, or None when none is free."""
+        size = -(-nbytes // ALIGN) * ALIGN
+        with self._lock:
+            for i, (offset, free) in enumerate(self.free):
+                if free >= size:
+                    if free == size:
+                        del self.free[i]
+                    else:
+                        self.free[i] = (offset + size, free - size)
+                    return offset
+        return None
+
+    def give(self, offset: int, nbytes: int) -> None:
+        size = -(-nbytes // ALIGN) * ALIGN
+        with self._lock:
+            i = bisect.bisect(self.free, (offset, size))
+            start, end = offset, offset + size
+            if i < len(self.free) and self.free[i][0] == end:  # joins the next
+                end += self.free.pop(i)[1]
+            if i > 0 and sum(self.free[i - 1]) == start:  # joins the previous
+                start = self.free.pop(i - 1)[0]
+                i -= 1
+            self.free.insert(i, (start, end - start))
+
+
 class Arena:
     """A region of ``nbytes`` for one client, registered on ``stream``; see
     :meth:`zoo_serving.InputQueue.predict` (``shared_memory``).
@@ -44,8 +78,7 @@ class Arena:
     ) -> None:
         self.stream = stream
         self.region = Region(nbytes)
-        self._lock = threading.Lock()
-        self._free: list[tuple[int, int]] = [(0, nbytes)]  # (offset, size), by offset
+        self.slots = Slots(nbytes)
         self._lease = registry.lease(nbytes, lease_s)
         self._stop = threading.Event()
         try:
@@ -66,33 +99,16 @@ class Arena:
         or there is no room (then it goes through Redis)."""
         if arr.nbytes < MIN_BYTES or arr.dtype.kind not in "biufc":
             return None
-        size = -(-arr.nbytes // ALIGN) * ALIGN
-        with self._lock:
-            for i, (offset, free) in enumerate(self._free):
-                if free >= size:
-                    if free == size:
-                        del self._free[i]
-                    else:
-                        self._free[i] = (offset + size, free - size)
-                    break
-            else:
-                return None
+        offset = self.slots.take(arr.nbytes)
+        if offset is None:
+            return None
         dest = np.frombuffer(self.region.view, arr.dtype, arr.size, offset).reshape(arr.shape)
         dest[...] = arr
         return ShmRef(self.region.name, offset, arr.nbytes, arr.dtype.str, tuple(arr.shape))
 
     def free(self, ref: ShmRef) -> None:
         """Give a slot back (its record's result is in, or nobody waits for it anymore)."""
-        size = -(-ref.nbytes // ALIGN) * ALIGN
-        with self._lock:
-            i = bisect.bisect(self._free, (ref.offset, size))
-            start, end = ref.offset, ref.offset + size
-            if i < len(self._free) and self._free[i][0] == end:  # joins the next
-                end += self._free.pop(i)[1]
-            if i > 0 and sum(self._free[i - 1]) == start:  # joins the previous
-                start = self._free.pop(i - 1)[0]
-                i -= 1
-            self._free.insert(i, (start, end - start))
+        self.slots.give(ref.offset, ref.nbytes)
 
     def placer(self, taken: list[ShmRef]) -> Any:
         """``place`` for the inputs of a record: large tensors to slots (appended to
