@@ -13,6 +13,7 @@ and the bytes follow the JSON header in output order; the answer's
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -82,7 +83,7 @@ def binary_tensor(
 ) -> np.ndarray:
     """An input's tensor from the binary part (no copy)."""
     dtype = V2_DTYPES[datatype]
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(shape)  # shape_count checked it fits an int64
     if count * dtype.itemsize != size:
         raise bad(
             f"{where}: binary_data_size {size} does not hold {datatype} {shape}, which takes "

@@ -41,6 +41,7 @@ V2_DTYPES = {
     "FP64": np.dtype(np.float64),
 }
 _V2_NAMES = {dtype: name for name, dtype in V2_DTYPES.items()}
+_V2_BY_STR = {dtype.str: name for name, dtype in V2_DTYPES.items()}
 MAX_ELEMENTS = 2**63 - 1  # the most values a numpy array holds
 TOPN_OUTPUT = "topn"  # the v2 output holding a top-N answer: [[class_index, probability], ...]
 
@@ -97,6 +98,10 @@ def _sample(data: Any) -> str:
 
 
 def v2_name(dtype: np.dtype) -> str:
+    if isinstance(dtype, np.dtype):
+        name = _V2_BY_STR.get(dtype.str)  # a dict look-up: hashing a dtype costs more
+        if name is not None:
+            return name
     return _V2_NAMES.get(np.dtype(dtype), str(dtype))
 
 
