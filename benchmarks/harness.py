@@ -267,9 +267,13 @@ def measure(
     chunk: int = 16,
     threads: int = 0,
     payload: str = "tensor",
+    target: Callable[[Any, Any], None] | None = None,
+    shared_memory: bool = False,
 ) -> Figures:
     """Alternate raw segments of ``raw_batches`` batches with served rounds of ``records``
-    records sent by a client process (threads runner); check every result and a few answers."""
+    records sent by a client process (threads runner); check every result and a few answers.
+    ``target``: the client process's function (``client_process.run_client``: enqueue all,
+    then query all); ``shared_memory`` goes to it in the job."""
     stream = f"bench-{uuid.uuid4().hex[:12]}"
     config = {
         "model": {"path": str(model_dir)},
@@ -291,9 +295,10 @@ def measure(
         chunk=chunk,
         spot=(0, 1, records // 2, records - 1),
         payload=payload,
+        shared_memory=shared_memory,
     )
     with zoo_serving.load_model(model_dir, threads=threads) as model, Server(config) as server:
-        client = ClientProcess(job)
+        client = ClientProcess(job) if target is None else ClientProcess(job, target)
         try:
             client.wait_ready()
             assert redis.process is not None

@@ -13,6 +13,7 @@ SEED_RESULT_PREFIX = "result:"  # result hashes of seed-era clients
 AS_LIST = "list"  # a result key holding a one-element list (native results)
 AS_HASH = "hash"  # a result key holding a hash with the field ``value`` (zoo, seed era)
 AS_PRIVATE = "private"  # a one-element list only its sender knows (native ``reply_to``)
+AS_INBOX = "inbox"  # appended to a client's inbox list, after its token (native ``inbox``)
 
 
 def result(stream: str, uri: str | bytes) -> bytes:
@@ -27,6 +28,21 @@ def reply(stream: str, token: str | bytes) -> bytes:
     :func:`finished`, so ``dequeue`` cannot take it; expires after result_ttl_s."""
     token_b = token if isinstance(token, bytes) else token.encode("utf-8")
     return f"{PREFIX}:{{{stream}}}:reply:".encode() + token_b
+
+
+def inbox(stream: str, client: str | bytes) -> bytes:
+    """List of a client's private results (native protocol 3: records with ``inbox``), each
+    ``<reply_to token>\\n<result>``, in the order they were written; one blocking read takes
+    every result waiting. Expires ``data.result_ttl_s`` after the last write."""
+    client_b = client if isinstance(client, bytes) else client.encode("utf-8")
+    return f"{PREFIX}:{{{stream}}}:inbox:".encode() + client_b
+
+
+def shm_regions(stream: str) -> str:
+    """Hash region name -> JSON lease (host, pid, uid, bytes, ts in Redis time) of the shared
+    memory regions clients of the stream registered (native protocol 3, ``shm:<name>``
+    inputs); a lease not renewed is swept by a worker of that host, which unlinks its file."""
+    return f"{PREFIX}:{{{stream}}}:shm"
 
 
 def uri_claim(stream: str, uri: str | bytes) -> bytes:

@@ -371,3 +371,21 @@ def test_a_payload_over_max_payload_bytes_is_refused_before_it_is_enqueued(
     assert "input 'input': 24576 bytes is over the limit of 10000" in tensor.json()["error"]
     assert (predict.status_code, predict.json()["code"]) == (413, "too_large"), predict.text
     assert redis_client.xlen(stream) == 0  # nothing went to Redis
+
+
+@pytest.mark.parametrize("processes", [0, 2])
+def test_the_door_in_a_thread_or_in_processes_answers_the_same(
+    served: Callable[..., Any], onnx_model_dir: Path, processes: int
+) -> None:
+    client = served(**{"params.top_n": 0, "http.processes": processes})
+    batch = _records(2, seed=9)
+    expected = onnx_direct(onnx_model_dir, batch)
+    for _ in range(4):  # two processes: the kernel hands connections to either
+        with httpx.Client(base_url=str(client.base_url), timeout=30) as fresh:
+            reply = fresh.post(INFER, json={"inputs": [_v2("input", batch)]})
+        assert reply.status_code == 200, reply.text
+        (out,) = reply.json()["outputs"]
+        np.testing.assert_allclose(
+            np.asarray(out["data"]).reshape(out["shape"]), expected, atol=1e-5
+        )
+    assert client.get("/status.json").json()["ready"] in (True, False)

@@ -17,6 +17,7 @@ from zoo_serving.wire.native import (
     VIEW_MIN_BYTES,
     RawInput,
     Request,
+    ShmRef,
     decode_request,
     decode_result,
     encode_error,
@@ -327,9 +328,30 @@ def test_tensor_round_trip_property(arr: np.ndarray, name: str) -> None:
 
 
 def test_unknown_protocol_version_is_a_decode_error() -> None:
-    fields = {b"uri": b"u", b"zs": b"3", b"image:t": b"\xff\xd8"}
-    with pytest.raises(DecodeError, match="protocol version b'3' is not supported"):
+    fields = {b"uri": b"u", b"zs": b"4", b"image:t": b"\xff\xd8"}
+    with pytest.raises(DecodeError, match="protocol version b'4' is not supported"):
         decode_request(fields)
+
+
+def test_version_3_inbox_and_shm_fields_are_checked() -> None:
+    fields = encode_request("u", {"t": np.arange(3, dtype=np.int16)}, reply_to=b"t", inbox=b"c")
+    assert fields[b"zs"] == b"3"
+    assert decode_request(fields).inputs[0].kind == "tensor"
+    with pytest.raises(DecodeError, match="inbox b'a b' is not"):
+        decode_request({**fields, b"inbox": b"a b"})
+    with pytest.raises(DecodeError, match="without a newline"):
+        decode_request({**fields, b"reply_to": b"a\nb"})
+    ref = {b"uri": b"u", b"zs": b"3", b"shm:x": b"zs-r:8:12", b"dtype:x": b"<f4", b"shape:x": b"3"}
+    (raw,) = decode_request(ref).inputs
+    assert (raw.kind, raw.ref) == ("shm", ShmRef("zs-r", 8, 12, "<f4", (3,)))
+    for bad in (b"zs-r:8", b"../x:0:4", b"zs-r:-1:4", b"zs-r:0:x"):
+        with pytest.raises(DecodeError, match="is not <region>:<offset>:<nbytes>"):
+            decode_request({**ref, b"shm:x": bad})
+    with pytest.raises(MissingInputError, match="needs 'dtype:x'"):
+        decode_request({k: v for k, v in ref.items() if k != b"dtype:x"})
+    # shm fields are version 3's: in version 2 a field of that name is the client's own
+    with pytest.raises(MissingInputError, match="record has no payload"):
+        decode_request({**ref, b"zs": b"2"})
 
 
 def test_version_2_reads_as_version_1_and_names_an_empty_reply_to() -> None:

@@ -23,7 +23,7 @@ def sha1(text: str) -> str:
 
 
 def test_lua_scripts_are_the_ones_redis_knows() -> None:
-    assert sha1(streams._COMPLETE_LUA) == "9153f31704acdaf94e152f328aa49a81f3e4008f"
+    assert sha1(streams._COMPLETE_LUA) == "ee8a430a5f7909933ba74c0571ed4d8d5d8cf399"
     assert sha1(producer._ENQUEUE_LUA) == "e283b501bd76f4ad1c10ef684aa4307303f85dbd"
     assert sha1(streams._REFRESH_LUA) == "2958b5deb8bd1f4e6bdb2bf97a52865a12f6a6b2"
 
@@ -42,6 +42,8 @@ def test_key_names() -> None:
     assert keys.producer("s", "p") == "zs:{s}:producer:p"
     assert keys.reply("s", "t") == b"zs:{s}:reply:t"
     assert keys.uri_claim("s", "u") == b"zs:{s}:claim:u"
+    assert keys.inbox("s", "c") == b"zs:{s}:inbox:c"
+    assert keys.shm_regions("s") == "zs:{s}:shm"
 
 
 def test_result_places_per_protocol() -> None:
@@ -60,6 +62,37 @@ def test_result_places_per_protocol() -> None:
     assert wire.result_place(wire.NATIVE, "s", b"u", v1) == wire.ResultPlace(
         b"zs:{s}:result:u", "list", b"zs:{s}:claim:u"
     )
+
+
+def test_result_place_of_version_3_inbox() -> None:
+    v3 = {b"uri": b"u", b"zs": b"3", b"reply_to": b"t", b"inbox": b"c"}
+    assert wire.result_place(wire.NATIVE, "s", b"u", v3) == wire.ResultPlace(
+        b"zs:{s}:inbox:c", "inbox", prefix=b"t\n"
+    )
+    # an inbox in version 2 is the client's own field; a bad inbox id: the reply key
+    assert wire.result_place(wire.NATIVE, "s", b"u", {**v3, b"zs": b"2"}).key == b"zs:{s}:reply:t"
+    bad = {**v3, b"inbox": b"a/b"}
+    assert wire.result_place(wire.NATIVE, "s", b"u", bad).key == b"zs:{s}:reply:t"
+
+
+def test_request_fields_of_version_3() -> None:
+    fields = wire.native.encode_request("u", {"t": b"img"}, reply_to=b"tok", inbox=b"c1")
+    assert fields == {
+        b"uri": b"u",
+        b"zs": b"3",
+        b"reply_to": b"tok",
+        b"inbox": b"c1",
+        b"image:t": b"img",
+    }
+    ref = wire.native.ShmRef("zs-r1", 4096, 4000, "<f4", (1000,))
+    shm = wire.native.encode_request("u", {"x": ref})
+    assert shm == {
+        b"uri": b"u",
+        b"zs": b"3",
+        b"shm:x": b"zs-r1:4096:4000",
+        b"dtype:x": b"<f4",
+        b"shape:x": b"1000",
+    }
 
 
 def test_request_fields_of_version_2() -> None:
@@ -90,6 +123,7 @@ def test_heartbeat_fields_in_order() -> None:
         "hist",
         "started",
         "ts",
+        "latency",
     ]
     assert list(beat["hist"]) == [
         "batch_size",
@@ -100,6 +134,10 @@ def test_heartbeat_fields_in_order() -> None:
         "write",
     ]
     assert list(beat["hist"]["batch_size"]) == ["counts", "sum"]
+    from zoo_serving.observe.stats import LATENCY_BUCKETS_MS
+
+    assert LATENCY_BUCKETS_MS[:4] == (0.25, 0.5, 1.0, 1.5) and len(LATENCY_BUCKETS_MS) == 24
+    assert beat["latency"] == {"counts": [0] * 25, "sum_s": 0.0}
     assert list(beat["stages"]) == [
         "records",
         "queue_wait",

@@ -43,6 +43,8 @@ def worker_commands(
         # private results (predict, HTTP) and the claim a uri holds while its record is out
         ("RPUSH", keys.reply(stream, "zs-access-check").decode(), "x"),
         ("PEXPIRE", keys.reply(stream, "zs-access-check").decode(), "1"),
+        ("RPUSH", keys.inbox(stream, "zs-access-check").decode(), "x"),
+        ("PEXPIRE", keys.inbox(stream, "zs-access-check").decode(), "1"),
         ("GET", keys.uri_claim(stream, "zs-access-check").decode()),
         ("DEL", keys.uri_claim(stream, "zs-access-check").decode()),
         ("RPUSH", finished, "x"),

@@ -98,14 +98,15 @@ class Presence:
     def model(self) -> dict[str, Any] | None:
         """What the workers published about their model (backend, inputs, outputs), or None
         when nothing (or nothing readable) is published."""
-        raw = self.redis.get(keys.model(self.stream))
-        if raw is None:
-            return None
-        try:
-            info = json.loads(raw)
-        except ValueError:
-            return None
-        return info if isinstance(info, dict) else None
+        return _model_info(self.redis.get(keys.model(self.stream)))
+
+    async def is_ready_async(self) -> bool:
+        """:meth:`is_ready` on a ``redis.asyncio`` client."""
+        return bool(await self.redis.exists(keys.ready(self.stream)))
+
+    async def model_async(self) -> dict[str, Any] | None:
+        """:meth:`model` on a ``redis.asyncio`` client."""
+        return _model_info(await self.redis.get(keys.model(self.stream)))
 
     def heartbeats(self, *, max_age_s: float | None = None) -> dict[str, dict[str, Any]]:
         """The heartbeats on the stream, by worker name; with ``max_age_s`` only those written
@@ -247,6 +248,16 @@ class Presence:
         names = list(names)
         if names:
             self.redis.hdel(keys.workers(self.stream), *names)
+
+
+def _model_info(raw: bytes | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) else None
 
 
 def request_stop(data: DataConfig) -> bool:

@@ -113,8 +113,8 @@ class Added:
         return self.why.startswith("OOM")
 
 
-class _Numbering(threading.local):
-    """This thread's producer id and its last number."""
+class _Numbering:
+    """A producer id and its last number."""
 
     def __init__(self) -> None:
         self.pid = -1
@@ -122,21 +122,28 @@ class _Numbering(threading.local):
         self.seq = 0
 
 
+class _ThreadNumbering(_Numbering, threading.local):
+    """This thread's producer id and its last number."""
+
+
 class StreamProducer:
     """Adds records to one stream, each at most once, under the bound the server publishes
     (``data.max_queue_len``, :func:`keys.max_len`).
 
     Args:
-        client: a redis-py client.
+        client: a redis-py client, or a ``redis.asyncio`` one (then use :meth:`add_async`).
         stream: the input stream.
+        shared: one producer for every thread (else one per thread); its caller must then
+            number and send from one thread at a time, as a combining sender or an asyncio
+            task does.
     """
 
-    def __init__(self, client: Any, stream: str) -> None:
+    def __init__(self, client: Any, stream: str, *, shared: bool = False) -> None:
         self.client = client
         self.stream = stream
         self._add = client.register_script(_ENQUEUE_LUA)
         self._max_len_key = keys.max_len(stream)
-        self._numbering = _Numbering()
+        self._numbering = _Numbering() if shared else _ThreadNumbering()
 
     def number(self, records: Sequence[Outgoing]) -> str:
         """Give records their numbers, in order, unless they have one; returns the producer
@@ -154,6 +161,15 @@ class StreamProducer:
     def add(self, records: Sequence[Outgoing]) -> Added:
         """Add numbered records in order, while the stream is under the bound, in one atomic
         step that a resend cannot repeat."""
+        stream_keys, args = self._call(records)
+        return _added(self._add(keys=stream_keys, args=args))
+
+    async def add_async(self, records: Sequence[Outgoing]) -> Added:
+        """:meth:`add` on a ``redis.asyncio`` client."""
+        stream_keys, args = self._call(records)
+        return _added(await self._add(keys=stream_keys, args=args))
+
+    def _call(self, records: Sequence[Outgoing]) -> tuple[list[Any], list[Any]]:
         producer = self.number(records)
         args: list[Any] = [PRODUCER_TTL_MS, CLAIM_TTL_MS, len(records)]
         stream_keys: list[Any] = [
@@ -168,7 +184,11 @@ class StreamProducer:
             args.extend((record.seq, "1" if record.public else "0", len(record.fields)))
             for key, value in record.fields.items():
                 args.extend((key, value))
-        done, why, length, bound = self._add(keys=stream_keys, args=args)
-        if isinstance(why, bytes):
-            why = why.decode("utf-8", "replace")
-        return Added(int(done), why, int(length), int(bound))
+        return stream_keys, args
+
+
+def _added(reply: Any) -> Added:
+    done, why, length, bound = reply
+    if isinstance(why, bytes):
+        why = why.decode("utf-8", "replace")
+    return Added(int(done), why, int(length), int(bound))

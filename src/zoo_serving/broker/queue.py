@@ -35,8 +35,9 @@ class Completion:
     """One record answered: the entry to acknowledge, its uri, the encoded result, and where
     the result goes: ``key``, written as a one-element list (:data:`keys.AS_LIST`, the uri also
     added to the stream's finished list, and ``claim``, the uri's claim key, dropped if this
-    entry holds it; :data:`keys.AS_PRIVATE`, not added) or as a hash's ``value`` field
-    (:data:`keys.AS_HASH`)."""
+    entry holds it; :data:`keys.AS_PRIVATE`, not added), appended to a client's inbox
+    (:data:`keys.AS_INBOX`, the value already prefixed with its token) or as a hash's
+    ``value`` field (:data:`keys.AS_HASH`)."""
 
     entry: Entry
     uri: bytes

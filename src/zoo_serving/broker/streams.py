@@ -40,7 +40,8 @@ log = logging.getLogger("zoo_serving.queue")
 # the result key again for the others)
 # ARGV: group, ttl_ms, finished_max, then (id, value, uri, how) per entry; how is 'l' (native:
 # a one-element list, uri added to the finished list, the uri's claim dropped if this entry
-# holds it), 'p' (native with reply_to: a one-element list, private to its sender) or 'h'
+# holds it), 'p' (native with reply_to: a one-element list, private to its sender), 'i'
+# (native with an inbox: appended to the sender's inbox list, which holds others' too) or 'h'
 # (Analytics Zoo and seed-era clients: a hash with the field 'value')
 _COMPLETE_LUA = """
 local written = 0
@@ -50,7 +51,9 @@ for i = 1, n do
   local id = ARGV[base + 1]
   if redis.call('XACK', KEYS[1], ARGV[1], id) == 1 then
     local key = KEYS[1 + 2 * i]
-    redis.call('DEL', key)
+    if ARGV[base + 4] ~= 'i' then
+      redis.call('DEL', key)
+    end
     if ARGV[base + 4] == 'h' then
       redis.call('HSET', key, 'value', ARGV[base + 2])
     else
@@ -95,7 +98,8 @@ return lost
 """
 
 FINISHED_MAX = 100_000  # uris remembered for OutputQueue.dequeue
-_HOW = {keys.AS_LIST: "l", keys.AS_PRIVATE: "p", keys.AS_HASH: "h"}  # Completion.how -> Lua
+# Completion.how -> the complete script's code
+_HOW = {keys.AS_LIST: "l", keys.AS_PRIVATE: "p", keys.AS_INBOX: "i", keys.AS_HASH: "h"}
 REFRESH_CHUNK = 1000  # ids per refresh call (Lua's unpack has a stack limit)
 CLAIM_CANDIDATES = 10  # idle entries looked at per take-over (others may take some first)
 
@@ -311,7 +315,7 @@ class RedisStreamQueue(Queue):
 
 
 #: replies that only mean the stream or its group is not there yet: nothing to count
-_NOT_YET = ("NOGROUP", "ERR no such key")
+_NOT_YET = ("NOGROUP", "ERR no such key", "no such key")  # redis-py may drop "ERR "
 
 
 def stream_stats(client: Any, stream: str, group: str) -> dict[str, int]:

@@ -1,4 +1,5 @@
-"""``zoo-serve``: init, start, stop, restart, status, models, log, convert, demo, bench.
+"""``zoo-serve``: init, start, stop, restart, status, models, dashboard, log, convert, demo,
+bench.
 
 The commands live in :mod:`.start` (start, restart), :mod:`.stop`, :mod:`.status` and
 :mod:`.tools` (the rest); this module builds the parser and runs one. Exit codes
@@ -22,7 +23,7 @@ from .models import cmd_models
 from .start import cmd_restart, cmd_start
 from .status import cmd_status
 from .stop import cmd_stop
-from .tools import cmd_bench, cmd_convert, cmd_demo, cmd_init, cmd_log
+from .tools import cmd_bench, cmd_convert, cmd_dashboard, cmd_demo, cmd_init, cmd_log
 
 __all__ = ["_load", "build_parser", "main"]
 
@@ -74,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("models", help="list, load or unload the server's models"))
     models_arguments(p)
     p.set_defaults(func=cmd_models)
+    p = with_config(
+        sub.add_parser("dashboard", help="serve the live status page alone (no inference)")
+    )
+    p.add_argument("--port", type=int, default=8089, help="port of the page (default 8089)")
+    p.add_argument("--host", default=None, help="address to listen on (default http.host)")
+    p.set_defaults(func=cmd_dashboard)
 
     p = with_config(sub.add_parser("log", help="show the error log"))
     p.add_argument("-n", type=_positive_int, default=50, help="lines to show")

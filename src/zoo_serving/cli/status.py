@@ -12,6 +12,7 @@ from typing import Any
 from ..broker.presence import Presence
 from ..broker.streams import stream_stats
 from ..errors import QueueError, ZooServingError
+from ..observe.stats import last_minute_rate
 from ..repository.api import Models
 from .common import EXIT_NOT_READY, EXIT_OK, load, presence, read_server
 
@@ -38,7 +39,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return _print_status(status, args)
     workers = status["workers"]
     status["served"] = sum(w.get("succeeded", 0) + w.get("failed", 0) for w in workers)
-    status["throughput_1m"] = round(sum(_last_minute_rate(w, now) for w in workers), 2)
+    status["throughput_1m"] = round(sum(last_minute_rate(w, now) for w in workers), 2)
     return _print_status(status, args)
 
 
@@ -61,7 +62,7 @@ def _models(redis: Any, base: str, group: str) -> list[dict[str, Any]]:
             "ready": any(b.get("ready") for b in beats.values()),
             "workers": len(beats),
             "served": sum(b.get("succeeded", 0) + b.get("failed", 0) for b in beats.values()),
-            "throughput_1m": round(sum(_last_minute_rate(b, now) for b in beats.values()), 2),
+            "throughput_1m": round(sum(last_minute_rate(b, now) for b in beats.values()), 2),
         }
         try:
             entry.update(stream_stats(redis, info.stream, group))
@@ -69,11 +70,6 @@ def _models(redis: Any, base: str, group: str) -> list[dict[str, Any]]:
             entry["stream_error"] = str(exc)
         out.append(entry)
     return out
-
-
-def _last_minute_rate(beat: dict[str, Any], now: float) -> float:
-    """Records/s a worker answered over the last minute, or over its life while younger."""
-    return float(beat.get("served_1m", 0)) / min(60.0, max(1.0, now - beat.get("started", 0)))
 
 
 def _print_status(status: dict[str, Any], args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""``zoo-serve init``, ``log``, ``convert``, ``demo`` and ``bench``."""
+"""``zoo-serve init``, ``dashboard``, ``log``, ``convert``, ``demo`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,22 @@ def cmd_init(args: argparse.Namespace) -> int:
         return 1
     path.write_text(default_config_text(args.model or "/path/to/model"), encoding="utf-8")
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """The status page of the config's stream, served here until interrupted."""
+    import uvicorn
+
+    from ..http import create_status_app
+
+    cfg = load(args)
+    host = args.host or cfg.http.host
+    app = create_status_app(cfg)
+    print(
+        f"zoo-serve: status of stream {cfg.data.stream} on http://{host}:{args.port}/", flush=True
+    )
+    uvicorn.run(app, host=host, port=args.port, log_config=None, access_log=False, lifespan="on")
     return 0
 
 

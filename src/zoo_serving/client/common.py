@@ -46,6 +46,7 @@ class RedisUser:
             url = f"redis://{host or 'localhost'}:{port or 6379}"
         self.stream = name or data.stream
         self.result_ttl_s = data.result_ttl_s
+        self.data, self.url = data, url
         # blocking waits are bounded by their own timeouts; a socket timeout under them
         # would cut a long BLPOP short
         redis_options.setdefault("socket_timeout", None)

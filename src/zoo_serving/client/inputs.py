@@ -1,22 +1,20 @@
 """The sending side: :class:`InputQueue` adds records (each exactly once, under the server's
-bound, a uri used by one record at a time) and waits for ``predict`` results at private keys."""
+bound, a uri used by one record at a time) and waits for ``predict`` results in its inbox
+(protocol 3), read by one listener for every thread."""
 
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .. import keys
-from ..broker.producer import FULL, TAKEN, Added, Outgoing, StreamProducer
-from ..errors import QueueError, QueueFullError, ResultTimeoutError, UriInUseError
+from ..broker.producer import Added, Outgoing, StreamProducer
+from ..errors import QueueFullError
 from ..wire import native
+from .adding import check_added, chunks, full_message, new_arena, private_records, results_of
 from .common import RedisUser, named, result_or_raise
-
-_CHUNK = 64  # most records per round trip in enqueue_many
-_CHUNK_BYTES = 4 << 20  # and most payload bytes: the add script copies its arguments, and
-# Redis counts them against maxmemory while it holds them
+from .replies import Inbox
+from .sender import CombiningSender
 
 
 class InputQueue(RedisUser):
@@ -33,13 +31,39 @@ class InputQueue(RedisUser):
         version: the version of ``model`` every record asks for; default: the newest served.
         wait_if_full_s: when the stream is at the server's bound, wait up to this long for
             room before raising :class:`QueueFullError` (default: raise at once).
+        shared_memory: for clients on the server's host: ``predict`` places tensors of
+            64 KiB or more in a shared memory region of this many bytes (True: 64 MiB) and
+            sends references (protocol 3); the workers read them in place. When the region is
+            full, tensors go through Redis as usual. Freed by :meth:`close`, or by the
+            workers when this process goes away.
     """
 
-    def __init__(self, *args: Any, wait_if_full_s: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        wait_if_full_s: float = 0.0,
+        shared_memory: int | bool = 0,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("zero_copy", True)  # tensors go from the arrays to the socket
         super().__init__(*args, **kwargs)
         self.wait_if_full_s = wait_if_full_s
+        self.arena = new_arena(self, shared_memory)
         self._producer = StreamProducer(self.db, self.stream)
+        # predict: one producer and one inbox for every thread, records combined into few
+        # round trips (sender.py), results read by one listener (replies.py)
+        self._shared_producer = StreamProducer(self.db, self.stream, shared=True)
+        self._sender = CombiningSender(
+            lambda records: self._send_all(records, self._shared_producer)
+        )
+        self.inbox = Inbox(self.db, self.stream)
+
+    def close(self) -> None:
+        """Stop the inbox's listener, free the shared memory, close the connection pool."""
+        self.inbox.close()
+        if self.arena is not None:
+            self.arena.close()
+        super().close()
 
     def enqueue(self, uri: str, deadline_s: float | None = None, **inputs: Any) -> str:
         """Send one record: ``enqueue("img-1", image="cat.jpg")`` or ``enqueue("x", t=array)``.
@@ -75,75 +99,41 @@ class InputQueue(RedisUser):
             Outgoing(self._fields(uri, inputs, deadline_s), uri) for uri, inputs in records
         )
 
-    def _send_all(self, records: Iterable[Outgoing]) -> list[str]:
+    def _send_all(
+        self, records: Iterable[Outgoing], producer: StreamProducer | None = None
+    ) -> list[str]:
         """Send records in chunks of at most _CHUNK records and _CHUNK_BYTES; returns the
         uris."""
         uris: list[str] = []
-        chunk: list[Outgoing] = []
-        size = 0
-        for record in records:
-            record_size = sum(len(v) for v in record.fields.values())
-            if chunk and size + record_size > _CHUNK_BYTES:
-                self._send(chunk, uris)
-                chunk, size = [], 0
-            chunk.append(record)
-            size += record_size
-            if len(chunk) == _CHUNK:
-                self._send(chunk, uris)
-                chunk, size = [], 0
-        if chunk:
-            self._send(chunk, uris)
+        for chunk in chunks(records):
+            self._send(chunk, uris, producer)
         return uris
 
-    def _send(self, records: list[Outgoing], accepted: list[str]) -> None:
+    def _send(
+        self, records: list[Outgoing], accepted: list[str], producer: StreamProducer | None = None
+    ) -> None:
         """Add records, in order, as far as the server's bound and Redis's memory let them;
         wait for room up to ``wait_if_full_s``, then raise QueueFullError naming what went in."""
         import redis
 
-        self._producer.number(records)  # now: nothing else may send between numbers and send
+        producer = producer or self._producer
+        producer.number(records)  # now: nothing else may send between numbers and send
         deadline = time.monotonic() + self.wait_if_full_s
         pause = 0.005
         while records:
             try:
-                added = self._producer.add(records)
+                added = producer.add(records)
             except redis.exceptions.OutOfMemoryError as exc:  # before the script ran
                 added = Added(0, f"OOM {exc}", -1, 0)
             accepted.extend(r.uri for r in records[: added.count])
             records = records[added.count :]
             if not records:
                 return
-            if added.why == TAKEN:
-                raise UriInUseError(
-                    f"uri {records[0].uri!r} is in use on stream {self.stream}: a record sent "
-                    "with it is still queued, or its result waits to be fetched "
-                    "(OutputQueue.query or dequeue takes it; it expires after "
-                    "data.result_ttl_s); use another uri, or fetch that result first",
-                    accepted=list(accepted),
-                    uri=records[0].uri,
-                )
-            if added.why != FULL and not added.out_of_memory:
-                raise QueueError(
-                    f"Redis refused record {records[0].uri!r} on stream {self.stream}: {added.why}",
-                    accepted=list(accepted),
-                )
+            check_added(added, records, accepted, self.stream)
             if time.monotonic() + pause > deadline:
-                raise QueueFullError(self._full_message(added), accepted=list(accepted))
+                raise QueueFullError(full_message(added, self.stream), accepted=list(accepted))
             time.sleep(pause)
             pause = min(pause * 2, 0.2)
-
-    def _full_message(self, added: Added) -> str:
-        if added.out_of_memory:
-            return (
-                f"Redis is out of memory (maxmemory reached: {added.why}); stream "
-                f"{self.stream} takes no more records until workers answer queued ones and "
-                "their results are fetched; retry later, pass wait_if_full_s to wait, or give "
-                "Redis more memory"
-            )
-        return (
-            f"stream {self.stream} holds {added.length} unprocessed records and the server's "
-            f"bound (data.max_queue_len) is {added.bound}; retry later, pass wait_if_full_s "
-            "to wait, or raise the bound"
-        )
 
     def _fields(self, uri: str, inputs: Mapping[str, Any], deadline_s: float | None) -> Any:
         deadline_ms = None if deadline_s is None else int((time.time() + deadline_s) * 1000)
@@ -159,8 +149,10 @@ class InputQueue(RedisUser):
     def predict(self, inputs: Any, timeout: float = 30.0) -> Any:
         """Send one record and wait for its result; ``timeout`` bounds the total wait.
 
-        The result goes to a key only this call knows (protocol 2, ``reply_to``): no other
-        client, and no :meth:`OutputQueue.dequeue`, can take it.
+        The result goes to this client's inbox under a token only this call knows
+        (protocol 3): no other client, and no :meth:`OutputQueue.dequeue`, can take it. Any
+        number of threads may call ``predict`` on one InputQueue: their records share round
+        trips, and one listener reads every result.
 
         Args:
             inputs: an ndarray, image bytes or path, or a dict of them by input name;
@@ -186,40 +178,25 @@ class InputQueue(RedisUser):
             ResultTimeoutError: results missing after ``timeout`` seconds
                 (``details["missing"]``: how many).
         """
-        tokens = [uuid.uuid4().hex for _ in batch]
-        self._send_private(tokens, batch, timeout)
-        replies = [keys.reply(self.stream, t) for t in tokens]
-        if len(replies) == 1:  # one BLPOP, no first look
-            one = self._pop(replies[0], timeout)
-            results = {} if one is None else {replies[0]: one}
-        else:
-            results = self._pop_many(replies, timeout)
-        missing = len(replies) - len(results)
-        if missing:
-            what = (
-                f"no result for predict-{tokens[0]} within {timeout}s; is a server running?"
-                if len(replies) == 1
-                else f"{missing} of {len(replies)} results missing after {timeout}s"
+        started = time.monotonic()
+        slots: list[Any] = []
+        place = None if self.arena is None else self.arena.placer(slots)
+        try:
+            tokens, records = private_records(
+                batch, timeout, self.inbox.current_id(), self.inbox.tokens, place, self.version
             )
-            raise ResultTimeoutError(what, missing=missing)
+            waiting = self.inbox.expect(tokens)
+            try:
+                self._sender.submit(records)
+            except BaseException:
+                self.inbox.forget(waiting)
+                raise
+            blobs = self.inbox.wait(waiting, timeout - (time.monotonic() - started))
+        finally:
+            for slot in slots:  # answered, or nobody waits for it anymore
+                assert self.arena is not None
+                self.arena.free(slot)
+        results = results_of(blobs, tokens, timeout)
         if return_exceptions:
-            return [results[k] for k in replies]
-        return [result_or_raise(results[k]) for k in replies]
-
-    def _send_private(self, tokens: list[str], batch: list[Any], deadline_s: float) -> None:
-        deadline_ms = int((time.time() + deadline_s) * 1000)
-        self._send_all(
-            Outgoing(
-                native.encode_request(
-                    f"predict-{token}",
-                    named(x),
-                    deadline_ms,
-                    views=True,
-                    reply_to=token.encode(),
-                    model_version=self.version,
-                ),
-                f"predict-{token}",
-                public=False,
-            )
-            for token, x in zip(tokens, batch)
-        )
+            return results
+        return [result_or_raise(r) for r in results]

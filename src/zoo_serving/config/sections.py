@@ -151,6 +151,12 @@ class HttpConfig:
     model_name: str | None = opt(
         None, check_str, "the model's name in /v2/models/<name>; empty: from model.path"
     )
+    processes: int = opt(
+        1,
+        int_checker(0),
+        "processes serving HTTP beside the server's own (each a queue client on the same "
+        "port); 0: a thread of the server's process, which shares its GIL with the workers",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,7 +18,7 @@ FastAPI and uvicorn are imported when an app is built (``pip install 'zoo-servin
 
 from __future__ import annotations
 
-from .app import create_app, model_name
+from .app import create_app, create_status_app, model_name
 from .server import HttpServer, serve_http
 
-__all__ = ["HttpServer", "create_app", "model_name", "serve_http"]
+__all__ = ["HttpServer", "create_app", "create_status_app", "model_name", "serve_http"]

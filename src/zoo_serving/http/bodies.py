@@ -17,7 +17,7 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ V2_DTYPES = {
     "FP64": np.dtype(np.float64),
 }
 _V2_NAMES = {dtype: name for name, dtype in V2_DTYPES.items()}
+_V2_BY_STR = {dtype.str: name for name, dtype in V2_DTYPES.items()}
 MAX_ELEMENTS = 2**63 - 1  # the most values a numpy array holds
 TOPN_OUTPUT = "topn"  # the v2 output holding a top-N answer: [[class_index, probability], ...]
 
@@ -76,17 +77,17 @@ def _numbers(where: str, data: Any, dtype: np.dtype) -> np.ndarray:
     except ValueError:
         raise bad(f"{where}: nested lists of different lengths (a ragged tensor)") from None
     if raw.dtype.kind not in "biuf":
-        raise bad(f"{where}: expected numbers for {_v2_name(dtype)}, got {_sample(data)}")
+        raise bad(f"{where}: expected numbers for {v2_name(dtype)}, got {_sample(data)}")
     if dtype.kind == "b" and raw.dtype.kind != "b" and raw.size:
         raise bad(f"{where}: datatype BOOL takes true/false, got {_sample(data)}")
     if dtype.kind in "iu" and raw.size:
         if raw.dtype.kind == "f" and not np.array_equal(raw, np.floor(raw)):
-            raise bad(f"{where}: datatype {_v2_name(dtype)} takes integers, got {_sample(data)}")
+            raise bad(f"{where}: datatype {v2_name(dtype)} takes integers, got {_sample(data)}")
         info = np.iinfo(dtype)
         if raw.min() < info.min or raw.max() > info.max:
             raise bad(
                 f"{where}: values from {raw.min()} to {raw.max()} do not fit "
-                f"{_v2_name(dtype)} ({info.min} to {info.max})"
+                f"{v2_name(dtype)} ({info.min} to {info.max})"
             )
     return raw.astype(dtype)
 
@@ -96,7 +97,11 @@ def _sample(data: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _v2_name(dtype: np.dtype) -> str:
+def v2_name(dtype: np.dtype) -> str:
+    if isinstance(dtype, np.dtype):
+        name = _V2_BY_STR.get(dtype.str)  # a dict look-up: hashing a dtype costs more
+        if name is not None:
+            return name
     return _V2_NAMES.get(np.dtype(dtype), str(dtype))
 
 
@@ -192,8 +197,13 @@ def _data_shape(arr: np.ndarray) -> dict[str, Any]:
 # ---------------------------------------------------------------- KServe v2
 
 
-def parse_v2_inputs(body: Any) -> tuple[dict[str, np.ndarray], list[str] | None]:
-    """Named input tensors of a v2 infer body, and the names of the outputs asked for."""
+def parse_v2_inputs(
+    body: Any, data: Callable[[str, Mapping[str, Any], str, list[int]], np.ndarray] | None = None
+) -> tuple[dict[str, np.ndarray], list[str] | None]:
+    """Named input tensors of a v2 infer body, and the names of the outputs asked for.
+
+    ``data(where, spec, datatype, shape)`` gives an input's tensor where its ``data`` is not
+    in the JSON (Triton's binary extension, :mod:`.binary`); None: every input's is."""
     if not isinstance(body, Mapping):
         raise bad('expected {"inputs": [{"name", "shape", "datatype", "data"}, ...]}')
     inputs = body.get("inputs")
@@ -201,7 +211,7 @@ def parse_v2_inputs(body: Any) -> tuple[dict[str, np.ndarray], list[str] | None]
         raise bad('"inputs" must be a non-empty list of {"name", "shape", "datatype", "data"}')
     tensors: dict[str, np.ndarray] = {}
     for i, spec in enumerate(inputs):
-        name, arr = _v2_tensor(i, spec)
+        name, arr = _v2_tensor(i, spec, data)
         if name in tensors:
             raise bad(f"inputs[{i}]: input {name!r} is given twice")
         tensors[name] = arr
@@ -216,7 +226,7 @@ def parse_v2_inputs(body: Any) -> tuple[dict[str, np.ndarray], list[str] | None]
     return tensors, wanted
 
 
-def _v2_tensor(i: int, spec: Any) -> tuple[str, np.ndarray]:
+def _v2_tensor(i: int, spec: Any, data: Any = None) -> tuple[str, np.ndarray]:
     where = f"inputs[{i}]"
     if not isinstance(spec, Mapping):
         raise bad(f"{where}: expected an object with name, shape, datatype and data")
@@ -236,13 +246,24 @@ def _v2_tensor(i: int, spec: Any) -> tuple[str, np.ndarray]:
         raise bad(
             f"{where}: datatype {datatype!r} is not one of {', '.join(V2_DTYPES)}",
         )
+    count = shape_count(where, shape)
+    if data is not None:
+        return name, data(where, spec, datatype, shape)
     if "data" not in spec:
         raise bad(f"{where}: 'data' is missing")
-    count = shape_count(where, shape)
-    arr = _numbers(where, spec["data"], V2_DTYPES[datatype])
+    return name, json_tensor(where, spec["data"], datatype, shape, count)
+
+
+def json_tensor(
+    where: str, data: Any, datatype: str, shape: list[int], count: int | None = None
+) -> np.ndarray:
+    """A v2 input's ``data`` (flat or nested numbers) as an array of ``datatype`` and
+    ``shape``; a 400 when they do not fit."""
+    count = shape_count(where, shape) if count is None else count
+    arr = _numbers(where, data, V2_DTYPES[datatype])
     if arr.size != count:
         raise bad(f"{where}: shape {shape} holds {count} values, but 'data' has {arr.size}")
-    return name, arr.reshape(shape)
+    return arr.reshape(shape)
 
 
 def shape_count(where: str, shape: Sequence[int]) -> int:
@@ -288,7 +309,20 @@ def v2_outputs(
     wanted: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """v2 output tensors of the records' results (stacked on a batch dimension when
-    ``batched``). A top-N answer is the output ``topn``, FP32 ``[k, 2]`` per record."""
+    ``batched``), their data as JSON lists. A top-N answer is the output ``topn``, FP32
+    ``[k, 2]`` per record."""
+    specs, arrays = v2_output_arrays(results, output_names, batched, wanted)
+    return [{**spec, "data": arr.ravel().tolist()} for spec, arr in zip(specs, arrays)]
+
+
+def v2_output_arrays(
+    results: Sequence[Any],
+    output_names: Sequence[str],
+    batched: bool,
+    wanted: Sequence[str] | None = None,
+) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """As :func:`v2_outputs`, the specs (``name``, ``shape``, ``datatype``) without data, and
+    the arrays beside them."""
     per_record: list[dict[str, np.ndarray]] = []
     for result in results:
         if isinstance(result, np.ndarray):
@@ -304,19 +338,13 @@ def v2_outputs(
         if unknown:
             raise bad(f"outputs {unknown} are not among the model's outputs {names}")
         names = list(wanted)
-    out = []
+    specs, arrays = [], []
     for name in names:
-        arrays = [r[name] for r in per_record]
-        arr = np.stack(arrays) if batched else arrays[0]
-        out.append(
-            {
-                "name": name,
-                "shape": list(arr.shape),
-                "datatype": _v2_name(arr.dtype),
-                "data": arr.ravel().tolist(),
-            }
-        )
-    return out
+        rows = [r[name] for r in per_record]
+        arr = np.stack(rows) if batched else rows[0]
+        specs.append({"name": name, "shape": list(arr.shape), "datatype": v2_name(arr.dtype)})
+        arrays.append(arr)
+    return specs, arrays
 
 
 def v2_output_specs(info: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -335,6 +363,6 @@ def v2_tensor_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """A model input/output spec (numpy dtype string) as v2 metadata."""
     return {
         "name": spec["name"],
-        "datatype": _v2_name(np.dtype(spec["dtype"])),
+        "datatype": v2_name(np.dtype(spec["dtype"])),
         "shape": list(spec["shape"]),
     }

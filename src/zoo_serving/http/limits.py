@@ -61,7 +61,10 @@ def parse_json(body: bytes) -> Any:
     :data:`MAX_JSON_DEPTH` or holds more than :data:`MAX_JSON_CONTAINERS` arrays and objects
     (both checked first: Python's parser recurses once per level, and a body of empty arrays
     becomes twenty times its size in Python objects)."""
-    depth, containers = json_nesting(body)
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        depth = containers = 0  # too few brackets to nest too deep: no need to count them
+    else:
+        depth, containers = json_nesting(body)
     if depth > MAX_JSON_DEPTH:
         raise bad(f"the JSON nests {depth} levels deep, over the limit of {MAX_JSON_DEPTH}")
     if containers > MAX_JSON_CONTAINERS:

@@ -11,6 +11,8 @@ from typing import Any
 from ..config import load_config
 from ..errors import ServerError
 from .app import create_app, model_name
+from .children import Children
+from .fast import FastPaths
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ class HttpServer:
         self._port = self.config.http.port if port is None else port
         self._server: Any = None
         self._thread: threading.Thread | None = None
-        self._queue: Any = None  # the routes: every model's queue
+        self._children: Children | None = None
         self._socket: socket.socket | None = None
 
     @property
@@ -45,7 +47,8 @@ class HttpServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 10.0) -> HttpServer:
-        """Bind and serve; returns once uvicorn accepts connections.
+        """Bind and serve; returns once uvicorn accepts connections (in every process, with
+        ``http.processes``).
 
         Raises:
             ServerError: the port is taken, or uvicorn did not start.
@@ -53,16 +56,30 @@ class HttpServer:
         import uvicorn
 
         self._socket = self._bind()
+        if self.config.http.processes:
+            self._children = Children(self.config, self._socket)
+            try:
+                self._children.start(timeout_s)
+            except BaseException:
+                self.stop(timeout_s=5.0)
+                raise
+            log.info(
+                "HTTP front door on %s, model %r, %d processes",
+                self.url,
+                model_name(self.config),
+                self.config.http.processes,
+            )
+            return self
         app = create_app(self.config)
-        self._queue = app.state.queue
         config = uvicorn.Config(
-            app,
+            FastPaths(app),
             host=self.host,
             port=self._port,
-            loop="asyncio",
-            http="h11",
+            loop="auto",  # uvloop where installed
+            http="auto",  # httptools where installed, else h11
             ws="none",
-            lifespan="off",
+            proxy_headers=False,  # the door trusts no forwarding headers (and skips their pass)
+            lifespan="on",  # its shutdown closes the door's Redis clients on their loop
             log_config=None,  # the library configures no logging
             access_log=False,
             timeout_graceful_shutdown=int(self.config.http.timeout_s) + 1,
@@ -106,22 +123,23 @@ class HttpServer:
 
     def stop(self, timeout_s: float | None = None) -> None:
         """Stop accepting, let requests in flight finish (up to ``http.timeout_s``, or
-        ``timeout_s``), close the Redis clients."""
+        ``timeout_s``); the app's shutdown closes its Redis clients."""
+        if self._children is not None:
+            self._children.stop(self.config.http.timeout_s + 2 if timeout_s is None else timeout_s)
+            self._children = None
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(self.config.http.timeout_s + 2 if timeout_s is None else timeout_s)
             self._thread = None
-        if self._queue is not None:
-            self._queue.close()
-            self._queue = None
         if self._socket is not None:
             self._socket.close()
             self._socket = None
         self._server = None
 
     def __enter__(self) -> HttpServer:
-        return self if self._server is not None else self.start()
+        running = self._server is not None or self._children is not None
+        return self if running else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -49,6 +49,35 @@ class Histogram:
         return {"counts": list(self.counts), "sum": round(self.sum, 6)}
 
 
+#: upper bounds (ms) of the buckets of a record's latency, from its XADD to its result written
+#: (a last bucket, +Inf, holds the rest): what heartbeats publish, /metrics exposes
+#: (``zoo_serving_worker_latency_seconds``) and the status page turns into p50 / p99
+LATENCY_BUCKETS_MS = (
+    *(0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0),
+    *(100.0, 150.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0),
+)
+
+
+def bucket_quantile(q: float, counts: list[int] | tuple[int, ...]) -> float | None:
+    """The ``q`` quantile (0..1) in ms of latencies counted in :data:`LATENCY_BUCKETS_MS`
+    buckets (``counts``: one per bucket, +Inf last), interpolated within the bucket it falls
+    in, as Prometheus's ``histogram_quantile`` does; None without counts. In +Inf it is the
+    last finite bound."""
+    total = sum(counts)
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0.0
+    for i, n in enumerate(counts):
+        if n and seen + n >= rank:
+            if i >= len(LATENCY_BUCKETS_MS):
+                return LATENCY_BUCKETS_MS[-1]
+            low = LATENCY_BUCKETS_MS[i - 1] if i else 0.0
+            return low + (LATENCY_BUCKETS_MS[i] - low) * (rank - seen) / n
+        seen += n
+    return LATENCY_BUCKETS_MS[-1]
+
+
 class RateWindow:
     """Events counted in one-second buckets over the last ``window_s`` seconds."""
 
@@ -104,6 +133,20 @@ class WorkerStats(Counts):
     stage_hist: dict[str, Histogram] = field(
         default_factory=lambda: {stage: Histogram(STAGE_BUCKETS) for stage in STAGES}
     )
+    # latencies of records answered (XADD to result written), counted per bucket
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
+    latency_sum_s: float = 0.0
+
+    def add_latencies(self, seconds: list[float]) -> None:
+        """Latencies of records just answered, from their XADD to their result written."""
+        counts = self.latency_counts
+        for s in seconds:
+            counts[bisect_left(LATENCY_BUCKETS_MS, s * 1000.0)] += 1
+        self.latency_sum_s += sum(seconds)
+
+    def latency(self) -> dict[str, Any]:
+        """The latency counts and their sum, as published in heartbeats."""
+        return {"counts": list(self.latency_counts), "sum_s": round(self.latency_sum_s, 6)}
 
     def stages(self) -> dict[str, float | int]:
         """The stage sums and how many records they are over, as published in heartbeats."""
@@ -166,6 +209,10 @@ class WorkerStats(Counts):
         ]:
             mine.counts = [a + b for a, b in zip(mine.counts, theirs.counts, strict=True)]
             mine.sum += theirs.sum
+        self.latency_counts = [
+            a + b for a, b in zip(self.latency_counts, other.latency_counts, strict=True)
+        ]
+        self.latency_sum_s += other.latency_sum_s
 
     def add_written(self, count: int, records_s: float, write_s: float) -> None:
         """``count`` results written and acknowledged in one step of ``write_s`` seconds;
@@ -174,3 +221,9 @@ class WorkerStats(Counts):
         self.recent.add(count)
         self.stage_s["write"] += records_s
         self.stage_hist["write"].observe(write_s)
+
+
+def last_minute_rate(beat: dict[str, Any], now: float) -> float:
+    """Records/s a worker answered over the last minute, or over its life while younger, from
+    its heartbeat (``zoo-serve status``'s ``throughput_1m`` and the status page sum these)."""
+    return float(beat.get("served_1m", 0)) / min(60.0, max(1.0, now - beat.get("started", 0)))

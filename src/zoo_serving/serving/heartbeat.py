@@ -117,6 +117,7 @@ class Heartbeat:
             **self.stats.published(),  # counts, stage sums, histograms
             "started": self.started,
             "ts": time.time(),
+            "latency": self.stats.latency(),  # records' XADD to result, per LATENCY_BUCKETS_MS
         }
 
     def clear(self) -> None:

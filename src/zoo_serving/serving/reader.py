@@ -19,6 +19,7 @@ from .. import keys, wire
 from ..broker.queue import Entry, Queue
 from ..config import Config
 from ..errors import ServerError, ZooServingError
+from ..shm.attach import Regions
 from .batch import BatchCore, Record, check_deadline
 from .preprocess import Preprocessor
 from .retry import is_permanent, until_done
@@ -74,6 +75,8 @@ class Reader:
         self.core = core
         self.paused = paused
         self.drained = True  # the last read emptied the stream
+        # shared memory inputs of clients on this host (protocol 3), mapped as they come
+        self.regions = Regions(getattr(queue, "client", None), config.data.stream)
         self.abandoned = threading.Event()  # set when nothing downstream takes records anymore
 
     def loop(
@@ -84,6 +87,7 @@ class Reader:
         backoff = 0.1
         try:
             while not halt.is_set():
+                self.regions.maybe_sweep()
                 if self.paused():
                     halt.wait(0.05)
                     continue
@@ -110,6 +114,7 @@ class Reader:
                 self._decode_all(entries, halt, to_batch, to_write)
         finally:
             self._put(to_batch, STOP)
+            self.regions.close()
 
     def _put(self, to: _queue.Queue[Any], what: Any) -> None:
         """Hand on, unless the stage after is gone (the worker left a stuck model call)."""
@@ -164,6 +169,8 @@ class Reader:
             )
             item.deadline_ms = request.deadline_ms
             check_deadline(item)
+            if any(raw.kind == "shm" for raw in request.inputs):
+                request.inputs = self.regions.resolve(request.inputs)
             item.version, preprocess = self.resolve(request.version)
             item.arrays = preprocess(request, by_position=item.reply != wire.NATIVE)
         except ZooServingError as exc:

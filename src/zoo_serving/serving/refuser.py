@@ -8,10 +8,11 @@ import threading
 
 from .. import wire
 from ..broker.connection import connect
-from ..broker.queue import Completion, consumer_name
+from ..broker.queue import consumer_name
 from ..broker.streams import RedisStreamQueue
 from ..config import Config
 from ..errors import ModelUnloadedError
+from .writer import completion
 
 log = logging.getLogger("zoo_serving.worker")
 
@@ -65,11 +66,8 @@ class Refuser:
                     for entry in entries:
                         reply = wire.reply_kind(entry.fields)
                         uri = entry.fields.get(wire.native.F_URI, entry.id)
-                        place = wire.result_place(reply, self.stream, uri, entry.fields)
                         value = wire.encode_failure(reply, error)
-                        done.append(
-                            Completion(entry, uri, value, place.key, place.how, place.claim)
-                        )
+                        done.append(completion(entry, reply, self.stream, uri, value))
                     if done:
                         queue.complete(done)
                         log.warning(

@@ -18,7 +18,7 @@ from functools import partial
 from typing import Any
 
 from .. import wire
-from ..broker.queue import Completion, Queue
+from ..broker.queue import Completion, Entry, Queue, added_at
 from ..config import Config
 from ..errors import ServerError
 from ..observe.stats import WorkerStats
@@ -122,13 +122,21 @@ class Writer:
             queue.release([item.entry])
 
     def _completion(self, item: Item) -> Completion:
-        place = wire.result_place(item.reply, self.config.data.stream, item.uri, item.entry.fields)
-        return Completion(
-            item.entry, item.uri, item.result or b"", place.key, place.how, place.claim
-        )
+        return completion(item.entry, item.reply, self.config.data.stream, item.uri, item.result)
 
     def _observe(self, items: list[Item], write_s: float) -> None:
         written = time.perf_counter()
         # records failed before batching were never timed
         records_s = sum(written - i.answered_at for i in items if i.answered_at)
         self.stats.add_written(len(items), records_s, write_s)
+        self.stats.add_latencies([time.time() - added_at(i.entry.id) for i in items])
+
+
+def completion(
+    entry: Entry, reply: str, stream: str, uri: bytes, result: bytes | None
+) -> Completion:
+    """How the ``result`` of stream ``entry`` (protocol ``reply``) is written: to the key its
+    protocol and fields name (a sender's inbox prefixed with its token)."""
+    place = wire.result_place(reply, stream, uri, entry.fields)
+    value = place.prefix + result if place.prefix and result else result
+    return Completion(entry, uri, value or b"", place.key, place.how, place.claim)

@@ -26,6 +26,7 @@ from .zoo import FAILED
 __all__ = [
     "FAILED",
     "HASH",
+    "INBOX",
     "LIST",
     "NATIVE",
     "PRIVATE",
@@ -47,6 +48,7 @@ SEED = "seed"
 LIST = "list"  # a result written as a one-element list (and its uri to the finished list)
 HASH = "hash"  # a result written as the field ``value`` of a hash
 PRIVATE = "private"  # a result written as a one-element list its sender alone waits on
+INBOX = "inbox"  # a result appended, after its token, to its sender's inbox list
 
 Pairs = list[tuple[int, float]]  # one record's top-N answer, best first
 
@@ -54,12 +56,14 @@ Pairs = list[tuple[int, float]]  # one record's top-N answer, best first
 @dataclass(frozen=True)
 class ResultPlace:
     """Where a record's result goes: the key, how it is written there (:data:`LIST`,
-    :data:`PRIVATE` or :data:`HASH`), and for :data:`LIST` the uri's claim key, which the
-    write drops when this record holds it."""
+    :data:`PRIVATE`, :data:`INBOX` or :data:`HASH`), for :data:`LIST` the uri's claim key,
+    which the write drops when this record holds it, and for :data:`INBOX` the prefix that
+    goes before the result (the record's ``reply_to`` token and a newline)."""
 
     key: bytes
     how: str
     claim: bytes | None = None
+    prefix: bytes = b""
 
 
 def reply_kind(fields: Mapping[bytes, bytes]) -> str:
@@ -140,12 +144,16 @@ def result_place(
     kind: str, stream: str, uri: bytes, fields: Mapping[bytes, bytes] | None = None
 ) -> ResultPlace:
     """Where and how the result of a record of protocol ``kind`` is written; ``fields`` (the
-    stream entry's) send a native version-2 record with ``reply_to`` to its private key."""
+    stream entry's) send a native version-2 record with ``reply_to`` to its private key, and a
+    version-3 one with ``inbox`` too to its sender's inbox."""
     if kind == ZOO:
         return ResultPlace(keys.zoo_result(stream, uri), HASH)
     if kind == SEED:
         return ResultPlace(keys.seed_result(uri), HASH)
     token = None if fields is None else native.reply_token(fields)
+    inbox = None if token is None or fields is None else native.reply_inbox(fields)
+    if token is not None and inbox is not None:
+        return ResultPlace(keys.inbox(stream, inbox), INBOX, prefix=token + b"\n")
     if token is not None:
         return ResultPlace(keys.reply(stream, token), PRIVATE)
     return ResultPlace(keys.result(stream, uri), LIST, keys.uri_claim(stream, uri))

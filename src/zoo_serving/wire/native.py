@@ -1,4 +1,4 @@
-"""The native wire format, versions 1 and 2 (see ``docs/protocol.md``).
+"""The native wire format, versions 1, 2 and 3 (see ``docs/protocol.md``).
 
 A request is one stream entry, every field raw bytes::
 
@@ -13,9 +13,14 @@ A request is one stream entry, every field raw bytes::
                    (``keys.reply``) instead of the uri's
     version        optional: the model version to run (a positive integer); without it, the
                    newest version the server serves
+    inbox          version 3, optional, with ``reply_to``: the sender's inbox id; the result
+                   is appended to ``keys.inbox`` as ``<reply_to>\\n<result>``
+    shm:<name>     version 3: ``<region>:<offset>:<nbytes>``, a tensor in a shared memory
+                   region on the server's host (with ``dtype:<name>`` and ``shape:<name>``)
 
 Version 2 is version 1 plus ``reply_to``, and a server that drops a uri's claim
-(``keys.uri_claim``) when it writes the uri's result.
+(``keys.uri_claim``) when it writes the uri's result. Version 3 is version 2 plus ``inbox``
+and ``shm:<name>``.
 
 A result is one bytes value: a JSON header, then (for tensors) ``\\n`` and the C-order bytes of
 every output, one after the other::
@@ -30,42 +35,75 @@ wrote none; readers ignore keys they do not know).
 
 from __future__ import annotations
 
-import json
-import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
 import numpy as np
 
-from ..errors import DecodeError, MissingInputError, ZooServingError, error_from_code
+from ..errors import DecodeError, MissingInputError
+from .native_results import (  # noqa: F401 - the results half of the format, re-exported
+    Result,
+    ResultValue,
+    decode_full,
+    decode_result,
+    encode_error,
+    encode_exception,
+    encode_tensors,
+    encode_topn,
+    origin_fields,
+)
 
 VERSION = b"1"
 VERSION_2 = b"2"  # version 1 and the reply fields (``reply_to``); reads version 1 unchanged
-VERSIONS = (VERSION, VERSION_2)
+VERSION_3 = b"3"  # version 2, inboxes (``inbox``) and shared memory inputs (``shm:<name>``)
+VERSIONS = (VERSION, VERSION_2, VERSION_3)
 F_URI = b"uri"
 F_VERSION = b"zs"
 F_DEADLINE = b"deadline_ms"
 F_MODEL_VERSION = b"version"  # optional: which version of the model to run
 F_REPLY_TO = b"reply_to"
+F_INBOX = b"inbox"
 P_TENSOR = b"tensor:"
 P_DTYPE = b"dtype:"
 P_SHAPE = b"shape:"
 P_IMAGE = b"image:"
+P_SHM = b"shm:"
+NAME_RE = re.compile(rb"[A-Za-z0-9_.-]{1,200}")  # an inbox id, a shared memory region
 VIEW_MIN_BYTES = 64 * 1024  # a tensor below this is copied: cheaper than a send of its own
 
 InputValue = Union[np.ndarray, bytes, bytearray, memoryview]  # noqa: UP007 - runtime alias
 
 
 @dataclass(frozen=True)
+class ShmRef:
+    """A tensor in a shared memory region: ``nbytes`` from ``offset`` of ``region`` (a file
+    of ``/dev/shm``), C order, of ``dtype`` and ``shape``. As an input value of
+    :func:`encode_request` it goes on the wire as ``shm:<name>`` (version 3)."""
+
+    region: str
+    offset: int
+    nbytes: int
+    dtype: str = "<f4"
+    shape: tuple[int, ...] = ()
+
+    def field(self) -> bytes:
+        return f"{self.region}:{self.offset}:{self.nbytes}".encode()
+
+
+@dataclass(frozen=True)
 class RawInput:
-    """One input of a request as it came off the wire, not yet decoded."""
+    """One input of a request as it came off the wire, not yet decoded: a tensor's or an
+    image's bytes, or (``kind`` "shm") a reference to a tensor in shared memory, which the
+    worker maps before decoding it as a tensor."""
 
     name: str
-    kind: str  # "tensor" or "image"
-    data: bytes
+    kind: str  # "tensor", "image" or "shm"
+    data: bytes | memoryview
     dtype: str | None = None
     shape: tuple[int, ...] | None = None
+    ref: ShmRef | None = None
 
 
 @dataclass
@@ -89,15 +127,19 @@ def encode_request(
     views: bool = False,
     reply_to: bytes | None = None,
     version: bytes = VERSION,
+    inbox: bytes | None = None,
     model_version: int | None = None,
 ) -> dict[bytes, Any]:
-    """Stream fields for one record: an ndarray is a tensor, bytes are an encoded image.
+    """Stream fields for one record: an ndarray is a tensor, bytes are an encoded image, a
+    :class:`ShmRef` a tensor in shared memory (version 3).
 
     With ``views``, a large C-contiguous tensor goes as a memoryview of the array's own
     buffer instead of a copy: for senders that write the fields out before the caller can
     change the array (see :func:`zoo_serving.broker.connection.connect`'s ``zero_copy``).
     With ``reply_to`` (a token, version 2), the result goes to ``keys.reply(stream, token)``.
-    ``version``: the ``zs`` to send (:data:`VERSION_2` where ``reply_to`` is given).
+    With ``inbox`` as well (version 3), it is appended to ``keys.inbox(stream, inbox)``.
+    ``version``: the ``zs`` to send (at least :data:`VERSION_2` where ``reply_to`` is given,
+    :data:`VERSION_3` where ``inbox`` or a :class:`ShmRef` is).
     ``model_version``: the version of the model to run (default: the newest served).
     """
     if not inputs:
@@ -107,13 +149,21 @@ def encode_request(
         F_VERSION: version,
     }
     if reply_to is not None:
-        fields[F_VERSION] = VERSION_2
+        fields[F_VERSION] = max(version, VERSION_2)
         fields[F_REPLY_TO] = reply_to
+        if inbox is not None:
+            fields[F_VERSION] = VERSION_3
+            fields[F_INBOX] = inbox
     if model_version is not None:
         fields[F_MODEL_VERSION] = str(int(model_version)).encode()
     for name, value in inputs.items():
         key = name.encode("utf-8")
-        if isinstance(value, np.ndarray):
+        if isinstance(value, ShmRef):
+            fields[F_VERSION] = VERSION_3
+            fields[P_SHM + key] = value.field()
+            fields[P_DTYPE + key] = np.dtype(value.dtype).str.encode()
+            fields[P_SHAPE + key] = ",".join(str(d) for d in value.shape).encode()
+        elif isinstance(value, np.ndarray):
             if value.dtype.kind in "OV":
                 raise DecodeError(
                     f"input {name!r}: dtype {value.dtype} cannot go on the wire; "
@@ -166,26 +216,8 @@ def decode_request(fields: Mapping[bytes, bytes]) -> Request:
     uri = fields.get(F_URI)
     if uri is None:
         raise MissingInputError("record has no 'uri' field; every record needs one")
-    version = fields.get(F_VERSION, VERSION)
-    if version not in VERSIONS:
-        raise DecodeError(
-            f"protocol version {version[:16]!r} is not supported; this server speaks "
-            "zs=1 and zs=2 (see docs/protocol.md)"
-        )
-    if version == VERSION_2 and fields.get(F_REPLY_TO) == b"":
-        raise DecodeError("reply_to is empty; send a token, or leave the field out")
-    req = Request(uri=uri)
-    deadline = fields.get(F_DEADLINE)
-    if deadline is not None:
-        try:
-            req.deadline_ms = int(deadline)
-            if not 0 <= req.deadline_ms < 2**63:
-                raise ValueError(deadline)
-        except ValueError:
-            raise DecodeError(
-                "deadline_ms must be an integer of Unix milliseconds (0 to 2**63-1), "
-                f"got {deadline[:32]!r}"
-            ) from None
+    version = _version(fields)
+    req = Request(uri=uri, deadline_ms=_deadline(fields.get(F_DEADLINE)))
     req.version = requested_version(fields)
     for key, value in fields.items():
         if key.startswith(P_TENSOR):
@@ -208,9 +240,12 @@ def decode_request(fields: Mapping[bytes, bytes]) -> Request:
             )
         elif key.startswith(P_IMAGE):
             req.inputs.append(RawInput(_field_name(key, P_IMAGE), "image", value))
+        elif key.startswith(P_SHM) and version == VERSION_3:
+            req.inputs.append(_shm_input(_field_name(key, P_SHM), value, fields))
     if not req.inputs:
         raise MissingInputError(
-            "record has no payload: expected an 'image:<name>' or 'tensor:<name>' field, "
+            "record has no payload: expected an 'image:<name>', 'tensor:<name>' or (zs 3) "
+            "'shm:<name>' field, "
             f"got fields {sorted(k.decode('utf-8', 'replace') for k in fields)}"
         )
     return req
@@ -236,12 +271,90 @@ def requested_version(fields: Mapping[bytes, bytes]) -> int | None:
     return version
 
 
+def _version(fields: Mapping[bytes, bytes]) -> bytes:
+    version = fields.get(F_VERSION, VERSION)
+    if version not in VERSIONS:
+        raise DecodeError(
+            f"protocol version {version[:16]!r} is not supported; this server speaks "
+            "zs=1, zs=2 and zs=3 (see docs/protocol.md)"
+        )
+    if version != VERSION and fields.get(F_REPLY_TO) == b"":
+        raise DecodeError("reply_to is empty; send a token, or leave the field out")
+    if version == VERSION_3 and F_INBOX in fields:
+        _check_inbox(fields)
+    return version
+
+
+def _deadline(deadline: bytes | None) -> int | None:
+    if deadline is None:
+        return None
+    try:
+        deadline_ms = int(deadline)
+        if not 0 <= deadline_ms < 2**63:
+            raise ValueError(deadline)
+    except ValueError:
+        raise DecodeError(
+            "deadline_ms must be an integer of Unix milliseconds (0 to 2**63-1), "
+            f"got {deadline[:32]!r}"
+        ) from None
+    return deadline_ms
+
+
+def _check_inbox(fields: Mapping[bytes, bytes]) -> None:
+    if not NAME_RE.fullmatch(fields[F_INBOX]):
+        raise DecodeError(
+            f"inbox {fields[F_INBOX][:64]!r} is not 1 to 200 of [A-Za-z0-9_.-]; the result "
+            "went to the reply_to key instead"
+        )
+    if F_REPLY_TO not in fields or b"\n" in fields[F_REPLY_TO]:
+        raise DecodeError("a record with an inbox needs a reply_to token without a newline")
+
+
+def _shm_input(name: str, value: bytes, fields: Mapping[bytes, bytes]) -> RawInput:
+    """A ``shm:<name>`` field and its dtype and shape: the reference, not yet mapped."""
+    parts = value.split(b":")
+    dtype = fields.get(P_DTYPE + name.encode("utf-8"))
+    shape = fields.get(P_SHAPE + name.encode("utf-8"))
+    if dtype is None or shape is None:
+        raise MissingInputError(
+            f"input {name!r}: a shared memory tensor needs 'dtype:{name}' and 'shape:{name}' "
+            "fields beside its reference"
+        )
+    try:
+        if len(parts) != 3 or not NAME_RE.fullmatch(parts[0]):
+            raise ValueError(value)
+        offset, nbytes = int(parts[1]), int(parts[2])
+        if offset < 0 or nbytes < 0:
+            raise ValueError(value)
+    except ValueError:
+        raise DecodeError(
+            f"input {name!r}: shm reference {value[:80]!r} is not <region>:<offset>:<nbytes> "
+            "(region 1 to 200 of [A-Za-z0-9_.-], offset and nbytes non-negative integers)"
+        ) from None
+    dims = _parse_shape(name, shape)
+    text = dtype.decode("ascii", "replace")
+    ref = ShmRef(parts[0].decode(), offset, nbytes, text, dims)
+    return RawInput(name, "shm", b"", text, dims, ref)
+
+
 def reply_token(fields: Mapping[bytes, bytes]) -> bytes | None:
-    """The ``reply_to`` token of a version-2 record; None for version 1 (where a field of
-    that name is the client's own and ignored) or when there is none."""
-    if fields.get(F_VERSION) != VERSION_2:
+    """The ``reply_to`` token of a version-2 or 3 record; None for version 1 (where a field
+    of that name is the client's own and ignored) or when there is none."""
+    if fields.get(F_VERSION) not in (VERSION_2, VERSION_3):
         return None
     return fields.get(F_REPLY_TO) or None
+
+
+def reply_inbox(fields: Mapping[bytes, bytes]) -> bytes | None:
+    """The inbox of a version-3 record whose result goes there: a valid inbox id and a
+    ``reply_to`` token without a newline; else None (the result goes to the reply key)."""
+    inbox = fields.get(F_INBOX)
+    if fields.get(F_VERSION) != VERSION_3 or inbox is None or not NAME_RE.fullmatch(inbox):
+        return None
+    token = fields.get(F_REPLY_TO)
+    if not token or b"\n" in token:
+        return None
+    return inbox
 
 
 def _field_name(key: bytes, prefix: bytes) -> str:
@@ -249,110 +362,3 @@ def _field_name(key: bytes, prefix: bytes) -> str:
 
 
 # ---------------------------------------------------------------- results
-
-
-def origin_fields(model: str | None, version: int | None) -> str:
-    """The ``"model":...,"version":...`` part of a result header (with its leading comma), or
-    "" when there is nothing to name."""
-    if model is None:
-        return ""
-    return f',"model":{json.dumps(model)},"version":{int(version or 0)}'
-
-
-def encode_topn(pairs: list[tuple[int, float]], origin: str = "") -> bytes:
-    """A top-N result: ``[[class_index, probability], ...]``, best first; ``origin`` is
-    :func:`origin_fields` of the model that answered.
-
-    The same bytes as ``json.dumps`` of ``{"v": 1, "kind": "topn", ...origin, "value": pairs}``
-    with compact separators, written out directly: a server answering 10,000 records a second
-    spends too long in the generic encoder.
-    """
-    body = ",".join([f"[{int(i)},{_json_float(p)}]" for i, p in pairs])
-    return f'{{"v":1,"kind":"topn"{origin},"value":[{body}]}}'.encode()
-
-
-def _json_float(x: float) -> str:
-    """``x`` as JSON writes it (``float.__repr__``); NaN and infinities, which JSON lacks,
-    as readable strings."""
-    x = float(x)
-    return repr(x) if math.isfinite(x) else f'"{x}"'
-
-
-def encode_tensors(outputs: Mapping[str, np.ndarray], origin: str = "") -> bytes:
-    """A tensor result: header, newline, then the C-order bytes of each output in order;
-    ``origin`` is :func:`origin_fields` of the model that answered."""
-    meta = []
-    blobs = []
-    for name, arr in outputs.items():
-        arr = np.asarray(arr)  # a numpy scalar (a [batch] output's row) becomes 0-d
-        meta.append({"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape)})
-        blobs.append(arr.tobytes())
-    outs = json.dumps(meta, separators=(",", ":"))
-    header = f'{{"v":1,"kind":"tensor"{origin},"outputs":{outs}}}'
-    return b"\n".join([header.encode(), b"".join(blobs)])
-
-
-def encode_error(code: str, message: str) -> bytes:
-    """An error result with a stable code and a message saying what was wrong."""
-    body = {"v": 1, "kind": "error", "code": code, "message": message}
-    return json.dumps(body, separators=(",", ":")).encode()
-
-
-def encode_exception(exc: BaseException) -> bytes:
-    if isinstance(exc, ZooServingError):
-        return encode_error(exc.code, exc.message or str(exc))
-    return encode_error("server", f"{type(exc).__name__}: {exc}")
-
-
-ResultValue = Union[list, np.ndarray, dict, ZooServingError]  # noqa: UP007 - runtime alias
-
-
-@dataclass(frozen=True)
-class Result:
-    """A result with what produced it: the value (as :func:`decode_result` gives it), and the
-    model and version that answered (None for an error, or from a server that names none)."""
-
-    value: ResultValue
-    model: str | None = None
-    version: int | None = None
-
-
-def decode_full(blob: bytes) -> Result:
-    """The value of a result and the model and version that produced it."""
-    head = blob.partition(b"\n")[0]
-    value = decode_result(blob)
-    try:
-        meta = json.loads(head)
-    except ValueError:
-        return Result(value)
-    version = meta.get("version")
-    return Result(value, meta.get("model"), int(version) if version is not None else None)
-
-
-def decode_result(blob: bytes) -> ResultValue:
-    """The value of a result: a top-N list, an ndarray (one output) or a dict of them, or the
-    :class:`ZooServingError` the server stored for a failed record (returned, not raised)."""
-    head, sep, body = blob.partition(b"\n")
-    try:
-        meta = json.loads(head)
-        kind = meta["kind"]
-    except (ValueError, KeyError, TypeError):
-        raise DecodeError(f"not a zoo_serving result: {blob[:64]!r}") from None
-    if kind == "topn":
-        return [[int(i), float(p)] for i, p in meta["value"]]
-    if kind == "error":
-        return error_from_code(meta.get("code", "server"), meta.get("message", ""))
-    if kind == "tensor":
-        out: dict[str, np.ndarray] = {}
-        view = memoryview(body)
-        offset = 0
-        for item in meta["outputs"]:
-            dtype = np.dtype(item["dtype"])
-            count = int(np.prod(item["shape"], dtype=np.int64))
-            nbytes = count * dtype.itemsize
-            out[item["name"]] = np.frombuffer(view[offset : offset + nbytes], dtype=dtype).reshape(
-                item["shape"]
-            )
-            offset += nbytes
-        return next(iter(out.values())) if len(out) == 1 else out
-    raise DecodeError(f"unknown result kind {kind!r}")
