@@ -168,3 +168,20 @@ def test_result_encodings() -> None:
     )
     assert wire.encode_failure(wire.ZOO, ShapeError("bad")) == b"NaN"
     assert wire.encode_failure(wire.SEED, ShapeError("bad")) == b"NaN"
+
+
+def test_results_name_the_model_and_version_that_answered() -> None:
+    """Native results of a repository server carry ``model`` and ``version`` after ``kind``,
+    as docs/protocol.md shows them; readers that do not know the keys ignore them."""
+    origin = ("resnet", 2)
+    topn = wire.encode_results({}, 1, [[(3, 0.5)]], origin=origin)
+    assert topn == [b'{"v":1,"kind":"topn","model":"resnet","version":2,"value":[[3,0.5]]}']
+    out = {"y": np.array([[1.0]], "<f4")}
+    (tensor,) = wire.encode_results(out, 1, None, origin=origin)
+    assert tensor == (
+        b'{"v":1,"kind":"tensor","model":"resnet","version":2,'
+        b'"outputs":[{"name":"y","dtype":"<f4","shape":[1]}]}\n\x00\x00\x80?'
+    )
+    got = wire.native.decode_full(tensor)
+    assert (got.model, got.version) == ("resnet", 2)
+    assert wire.native.decode_result(topn[0]) == [[3, 0.5]]
