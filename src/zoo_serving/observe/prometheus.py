@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import MissingDependencyError, ServerError
 from .fleet import Fleet, Totals
 from .models import ModelView, _cumulative, model_families
-from .stats import BATCH_BUCKETS, BATCH_SIZE, STAGE_BUCKETS, STAGES
+from .stats import BATCH_BUCKETS, BATCH_SIZE, LATENCY_BUCKETS_MS, STAGE_BUCKETS, STAGES
 
 P = "zoo_serving_"
 
@@ -113,7 +113,7 @@ def _per_worker(beats: Mapping[str, Any]) -> Iterator[Any]:
     """Counters of every worker on the stream, whatever its runner, process or server, from
     the heartbeats it publishes (about a second old). Several servers on one stream each show
     all of them; the ``worker`` label tells the copies apart."""
-    from prometheus_client.core import CounterMetricFamily
+    from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
     p = P + "worker_"
     records = CounterMetricFamily(
@@ -131,7 +131,17 @@ def _per_worker(beats: Mapping[str, Any]) -> Iterator[Any]:
     timed = CounterMetricFamily(
         p + "timed_records", "Records the stage seconds are summed over", labels=["worker"]
     )
+    latency = HistogramMetricFamily(
+        p + "latency_seconds",
+        "Seconds from a record's XADD to its result written, of the records a worker answered",
+        labels=["worker"],
+    )
+    bounds = tuple(b / 1000 for b in LATENCY_BUCKETS_MS)
     for name, beat in beats.items():
+        counts = (beat.get("latency") or {}).get("counts")
+        if counts and len(counts) == len(bounds) + 1:  # another release's buckets: left out
+            total = float(beat["latency"].get("sum_s", 0.0))
+            latency.add_metric([name], _cumulative(bounds, counts), total)
         records.add_metric([name, "succeeded"], beat.get("succeeded", 0))
         records.add_metric([name, "failed"], beat.get("failed", 0))
         for code, count in sorted(beat.get("failures", {}).items()):
@@ -140,4 +150,4 @@ def _per_worker(beats: Mapping[str, Any]) -> Iterator[Any]:
         timed.add_metric([name], split.pop("records", 0))
         for stage, seconds in split.items():
             stages.add_metric([name, stage], seconds)
-    yield from (records, failures, stages, timed)
+    yield from (records, failures, stages, timed, latency)
