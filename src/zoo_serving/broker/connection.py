@@ -1,7 +1,9 @@
 """Connections to Redis: ``data.src`` (``host:port`` or a ``redis://``, ``rediss://`` or
-``unix://`` URL) with its password, ACL user and TLS files, as one redis-py client; clear errors
-when Redis does not answer or refuses the login; and a command packer that sends large tensors
-from their own buffers."""
+``unix://`` URL; ``redis[s]+cluster://h1:p1,h2:p2`` for a Redis Cluster;
+``redis[s]+sentinel://h1:p1,h2:p2/master`` for a master found through Sentinel) with its
+password, ACL user and TLS files, as one redis-py client (``redis.Redis`` or
+``redis.cluster.RedisCluster``); clear errors when Redis does not answer or refuses the login;
+and a command packer that sends large tensors from their own buffers."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..config import DataConfig
+from ..config.checks import CLUSTER_SCHEMES, SENTINEL_SCHEMES, split_nodes
 from ..errors import BrokerConnectionError
 
 RECONNECT_TRIES = 10
@@ -80,17 +83,15 @@ def connect(
         options["password"] = data.password
     if data.username and not urlsplit(target).username:
         options["username"] = data.username
-    if target.startswith("rediss://"):
-        if data.tls_ca:
-            options["ssl_ca_certs"] = data.tls_ca
-        if data.tls_cert:
-            options["ssl_certfile"] = data.tls_cert
-        if data.tls_key:
-            options["ssl_keyfile"] = data.tls_key
+    if target.startswith(("rediss://", "rediss+")):
+        options.update(_tls_files(data))
     if zero_copy:
         options["command_packer"] = ViewPacker()
     options.update(kwargs)
-    client = redis.Redis.from_url(target, **options)
+    if target.startswith(CLUSTER_SCHEMES + SENTINEL_SCHEMES):
+        client = _many_nodes(target, options, retries)
+    else:
+        client = redis.Redis.from_url(target, **options)
     if check:
         try:
             client.ping()
@@ -110,6 +111,64 @@ def connect(
     # from now on a Redis restarting is retried (about 6 s with backoff) before raising
     client.set_retry(Retry(ExponentialBackoff(cap=1.0, base=0.05), retries))
     return client
+
+
+def _tls_files(data: DataConfig) -> dict[str, str]:
+    files = {
+        "ssl_ca_certs": data.tls_ca,
+        "ssl_certfile": data.tls_cert,
+        "ssl_keyfile": data.tls_key,
+    }
+    return {name: path for name, path in files.items() if path}
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` talks to a Redis Cluster (keys of one command or script must share
+    a slot; pipelines are split by node)."""
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
+def _many_nodes(target: str, options: dict[str, Any], retries: int) -> Any:
+    """A client for a ``redis[s]+cluster://`` or ``redis[s]+sentinel://`` URL."""
+    from urllib.parse import unquote
+
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    head, seeds, master = split_nodes(target)
+    user, _, password = head.split("://", 1)[1].rstrip("@").partition(":")
+    if user:
+        options["username"] = unquote(user)
+    if password:
+        options["password"] = unquote(password)
+    tls = head.startswith("rediss")
+    options.pop("command_packer", None)  # redis-py's cluster client takes no packer
+    if target.startswith(CLUSTER_SCHEMES):
+        from redis.cluster import ClusterNode, RedisCluster
+
+        options.pop("health_check_interval", None)
+        options.pop("retry", None)
+        # redis-py refreshes the slot map on MOVED and on a lost node, then retries the
+        # command (at once, ``retries`` times); callers back off around that for a failover
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in seeds],
+            ssl=tls,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
+            **options,
+        )
+    from redis.sentinel import Sentinel
+
+    sentinel_options = {
+        k: v for k, v in options.items() if k.startswith("socket_") or k.startswith("ssl_")
+    }
+    if tls:
+        sentinel_options["ssl"] = True
+    sentinel = Sentinel(seeds, sentinel_kwargs=sentinel_options)
+    # the pool asks the sentinels for the master before each new connection, so a failover
+    # is followed on the next reconnect
+    return sentinel.master_for(master, ssl=tls, **options)
 
 
 def _hint(target: str, exc: BaseException) -> str:
