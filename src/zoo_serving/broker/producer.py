@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import keys
+from .replication import call_replicated
 
 # KEYS: stream, max_len key, producer key, then per record: its uri's claim key and its uri's
 #   result key
@@ -106,6 +107,7 @@ class Added:
     why: str
     length: int
     bound: int
+    acked: int = 0
 
     @property
     def out_of_memory(self) -> bool:
@@ -128,12 +130,18 @@ class StreamProducer:
 
     Args:
         client: a redis-py client.
-        stream: the input stream.
+        stream: the input stream (one partition of it).
+        replica_acks, replica_timeout_ms: after each add, WAIT for that many replicas, that
+            long at most (``data.replica_acks``, ``data.replica_timeout_ms``).
     """
 
-    def __init__(self, client: Any, stream: str) -> None:
+    def __init__(
+        self, client: Any, stream: str, replica_acks: int = 0, replica_timeout_ms: int = 1000
+    ) -> None:
         self.client = client
         self.stream = stream
+        self.replica_acks = replica_acks
+        self.replica_timeout_ms = replica_timeout_ms
         self._add = client.register_script(_ENQUEUE_LUA)
         self._max_len_key = keys.max_len(stream)
         self._numbering = _Numbering()
@@ -168,7 +176,10 @@ class StreamProducer:
             args.extend((record.seq, "1" if record.public else "0", len(record.fields)))
             for key, value in record.fields.items():
                 args.extend((key, value))
-        done, why, length, bound = self._add(keys=stream_keys, args=args)
+        reply, acked = call_replicated(
+            self.client, self._add, stream_keys, args, self.replica_acks, self.replica_timeout_ms
+        )
+        done, why, length, bound = reply
         if isinstance(why, bytes):
             why = why.decode("utf-8", "replace")
-        return Added(int(done), why, int(length), int(bound))
+        return Added(int(done), why, int(length), int(bound), acked)

@@ -8,8 +8,8 @@ import json
 import time
 from typing import Any
 
+from ..broker.partitions import stream_stats
 from ..broker.presence import Presence
-from ..broker.streams import stream_stats
 from ..errors import ZooServingError
 from ..repository.api import Models
 from .common import EXIT_NOT_READY, EXIT_OK, load, presence, read_server

@@ -39,7 +39,10 @@ class InputQueue(RedisUser):
         kwargs.setdefault("zero_copy", True)  # tensors go from the arrays to the socket
         super().__init__(*args, **kwargs)
         self.wait_if_full_s = wait_if_full_s
-        self._producer = StreamProducer(self.db, self.stream)
+        self._producers = {
+            part: StreamProducer(self.db, part, self.replica_acks, self.replica_timeout_ms)
+            for part in keys.partition_streams(self.stream, self.partitions)
+        }
 
     def enqueue(self, uri: str, deadline_s: float | None = None, **inputs: Any) -> str:
         """Send one record: ``enqueue("img-1", image="cat.jpg")`` or ``enqueue("x", t=array)``.
@@ -96,25 +99,46 @@ class InputQueue(RedisUser):
         return uris
 
     def _send(self, records: list[Outgoing], accepted: list[str]) -> None:
-        """Add records, in order, as far as the server's bound and Redis's memory let them;
-        wait for room up to ``wait_if_full_s``, then raise QueueFullError naming what went in."""
+        """Add records, partition by partition (in order within each), as far as the server's
+        bound and Redis's memory let them; wait for room up to ``wait_if_full_s``, then raise
+        QueueFullError naming what went in."""
+        by_part: dict[str, list[Outgoing]] = {}
+        for record in records:
+            by_part.setdefault(self._part(record.uri), []).append(record)
+        for part, group in by_part.items():
+            self._send_part(self._producers[part], group, accepted)
+
+    def _send_part(
+        self, producer: StreamProducer, records: list[Outgoing], accepted: list[str]
+    ) -> None:
         import redis
 
-        self._producer.number(records)  # now: nothing else may send between numbers and send
+        producer.number(records)  # now: nothing else may send between numbers and send
         deadline = time.monotonic() + self.wait_if_full_s
         pause = 0.005
         while records:
             try:
-                added = self._producer.add(records)
+                # a resend after a failover adds nothing twice: the add is idempotent
+                added = self._retrying(lambda batch=records: producer.add(batch))
             except redis.exceptions.OutOfMemoryError as exc:  # before the script ran
                 added = Added(0, f"OOM {exc}", -1, 0)
+            if added.count and added.acked < self.replica_acks:
+                raise QueueError(
+                    f"records on stream {producer.stream} reached {added.acked} replica(s) "
+                    f"within data.replica_timeout_ms={self.replica_timeout_ms}, "
+                    f"data.replica_acks is {self.replica_acks}: they are on the master, and a "
+                    "failover now may lose them; retry them under new uris, or check the "
+                    "replicas",
+                    accepted=list(accepted),
+                    unconfirmed=[r.uri for r in records[: added.count]],
+                )
             accepted.extend(r.uri for r in records[: added.count])
             records = records[added.count :]
             if not records:
                 return
             if added.why == TAKEN:
                 raise UriInUseError(
-                    f"uri {records[0].uri!r} is in use on stream {self.stream}: a record sent "
+                    f"uri {records[0].uri!r} is in use on stream {producer.stream}: a record sent "
                     "with it is still queued, or its result waits to be fetched "
                     "(OutputQueue.query or dequeue takes it; it expires after "
                     "data.result_ttl_s); use another uri, or fetch that result first",
@@ -123,7 +147,8 @@ class InputQueue(RedisUser):
                 )
             if added.why != FULL and not added.out_of_memory:
                 raise QueueError(
-                    f"Redis refused record {records[0].uri!r} on stream {self.stream}: {added.why}",
+                    f"Redis refused record {records[0].uri!r} on stream {producer.stream}: "
+                    f"{added.why}",
                     accepted=list(accepted),
                 )
             if time.monotonic() + pause > deadline:
@@ -188,7 +213,7 @@ class InputQueue(RedisUser):
         """
         tokens = [uuid.uuid4().hex for _ in batch]
         self._send_private(tokens, batch, timeout)
-        replies = [keys.reply(self.stream, t) for t in tokens]
+        replies = [keys.reply(self._part(f"predict-{t}"), t) for t in tokens]
         if len(replies) == 1:  # one BLPOP, no first look
             one = self._pop(replies[0], timeout)
             results = {} if one is None else {replies[0]: one}

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from ..broker.connection import connect
+from ..broker.partitions import stream_stats
 from ..broker.presence import Presence
 from ..broker.queue import added_at
-from ..broker.streams import stream_stats
 from ..config import Config
 from ..errors import MissingDependencyError, ServerError
 from .stats import STAGES

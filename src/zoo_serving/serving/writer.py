@@ -127,7 +127,9 @@ class Writer:
             queue.release([item.entry])
 
     def _completion(self, item: Item) -> Completion:
-        place = wire.result_place(item.reply, self.config.data.stream, item.uri, item.entry.fields)
+        place = wire.result_place(
+            item.reply, self.config.data.stream, item.uri, item.entry.fields, item.entry.stream
+        )
         return Completion(
             item.entry, item.uri, item.result or b"", place.key, place.how, place.claim
         )
