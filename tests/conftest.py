@@ -200,3 +200,42 @@ def env_without_coverage() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = str(Path(os.sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
+
+
+# ------------------------------------------------------------------ redis cluster
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real local Redis Cluster, 3 masters + 3 replicas, for the whole session."""
+    from cluster import LocalCluster, tools_missing
+
+    missing = tools_missing()
+    if missing:
+        pytest.skip(f"no Redis Cluster: {missing}")
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["single", "cluster-p1", "cluster-p3"])
+def plane(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The data plane of a guarantee test: the session Redis, or the Redis Cluster with
+    data.partitions 1 or 3; a clean keyspace each time."""
+    from cluster import Plane
+    from zoo_serving.broker.connection import connect
+    from zoo_serving.config import DataConfig
+
+    if request.param == "single":
+        url = request.getfixturevalue("redis_url")
+        partitions = 1
+    else:
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        url = cluster.url
+        partitions = int(request.param.rsplit("p", 1)[1])
+    db = connect(DataConfig(src=url))
+    yield Plane(request.param, url, partitions, db)
+    db.close()
