@@ -103,12 +103,15 @@ class LocalCluster:
         return done.stdout.strip()
 
     def wait_ok(self, timeout_s: float = 60) -> None:
-        """Until every running node says cluster_state:ok and sees 3 masters serving."""
+        """Until every running node says cluster_state:ok, 3 masters serve the slots, and
+        every replica is in sync with its master (so WAIT can count it)."""
         deadline = time.monotonic() + timeout_s
         while True:
             live = [p for p, proc in self.procs.items() if proc.poll() is None]
             states = [self.cli(p, "CLUSTER", "INFO") for p in live]
-            if all("cluster_state:ok" in s for s in states) and len(self.masters()) == 3:
+            links = [self.cli(p, "INFO", "replication") for p in live]
+            synced = all("role:master" in r or "master_link_status:up" in r for r in links)
+            if all("cluster_state:ok" in s for s in states) and len(self.masters()) == 3 and synced:
                 return
             assert time.monotonic() < deadline, f"cluster not ok: {states[:1]}"
             time.sleep(0.1)

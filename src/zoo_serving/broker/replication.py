@@ -4,7 +4,9 @@ same connection, so ``WAIT`` counts the replicas that have this very write.
 Redis replicates asynchronously: a master that dies right after a write can take it with it,
 even after its client was told it is in. ``WAIT n timeout`` after the write says how many
 replicas have it. In a Redis Cluster the two go in one pipeline to the node of the script's
-first key (redis-py's cluster pipeline keeps one connection per node)."""
+first key, through that node's own client (redis-py's cluster pipeline refuses EVALSHA); a
+node that moved the slot or is gone makes the cluster client refresh its slot map before the
+error goes up to the caller, who retries."""
 
 from __future__ import annotations
 
@@ -29,20 +31,24 @@ def call_replicated(
         return script(keys=keys_, args=args), replicas
     import redis
 
+    cluster = is_cluster(client)
     for attempt in (0, 1):
-        pipe = client.pipeline(transaction=False)
+        node_client = client
+        if cluster:
+            node_client = client.get_redis_connection(client.get_node_from_key(keys_[0]))
+        pipe = node_client.pipeline(transaction=False)
         pipe.evalsha(script.sha, len(keys_), *keys_, *args)
-        if is_cluster(client):
-            node = client.get_node_from_key(keys_[0])
-            pipe.execute_command("WAIT", replicas, timeout_ms, target_nodes=node)
-        else:
-            pipe.execute_command("WAIT", replicas, timeout_ms)
+        pipe.execute_command("WAIT", replicas, timeout_ms)
         try:
             reply, acked = pipe.execute()
         except redis.exceptions.NoScriptError:
             if attempt:  # loaded a moment ago: something else is wrong, say so
                 raise
-            client.script_load(script.script)  # a new node (failover) knows no scripts yet
+            node_client.script_load(script.script)  # a new node (failover) knows no scripts
             continue
+        except (redis.exceptions.ConnectionError, redis.exceptions.ResponseError):
+            if cluster:  # MOVED, CLUSTERDOWN, a node gone: learn the new slot map first
+                client.nodes_manager.initialize()
+            raise
         return reply, int(acked)
     raise AssertionError("unreachable")
