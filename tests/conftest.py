@@ -156,6 +156,16 @@ def serve(redis_url: str, stream: str, tmp_path: Path) -> Iterator[Callable[...,
 
     ``serve(model_dir, **{"params.top_n": 3})`` -> the started Server.
     """
+    yield from _servers({"src": redis_url, "stream": stream}, tmp_path)
+
+
+@pytest.fixture
+def serve_on(plane: Any, stream: str, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """:func:`serve` on the test's data plane (one Redis, or the cluster with partitions)."""
+    yield from _servers(plane.data(stream), tmp_path)
+
+
+def _servers(data: dict[str, Any], tmp_path: Path) -> Iterator[Callable[..., Any]]:
     from zoo_serving import Server
 
     servers: list[Any] = []
@@ -163,7 +173,7 @@ def serve(redis_url: str, stream: str, tmp_path: Path) -> Iterator[Callable[...,
     def start(model_dir: Path, wait: bool = True, **dotted: Any) -> Any:
         raw: dict[str, dict[str, Any]] = {
             "model": {"path": str(model_dir)},
-            "data": {"src": redis_url, "stream": stream, "shape": "3,32,32"},
+            "data": {**data, "shape": "3,32,32"},
             "params": {"batch_size": 4, "top_n": 3},
             "log": {"dir": str(tmp_path / "work")},
         }
