@@ -15,6 +15,21 @@ from typing import Any
 
 from .connection import is_cluster
 
+REDIRECTS = 5  # MOVED / ASK answers followed per call
+
+# KEYS: stream. ARGV: group, then ids. Acknowledges and deletes entries whose results were
+# written beforehand, outside this script: in a Redis Cluster, the result hashes of Analytics
+# Zoo and seed-era clients (keys without the stream's hash tag, so in other slots). Returns how
+# many acknowledgements were the first.
+ACK_LUA = """
+local acked = 0
+for i = 2, #ARGV do
+  acked = acked + redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+  redis.call('XDEL', KEYS[1], ARGV[i])
+end
+return acked
+"""
+
 
 def call_replicated(
     client: Any,
@@ -32,7 +47,9 @@ def call_replicated(
     import redis
 
     cluster = is_cluster(client)
-    for attempt in (0, 1):
+    redirected = (redis.exceptions.MovedError, redis.exceptions.AskError)
+    loaded = False
+    for attempt in range(REDIRECTS + 1):
         node_client = client
         if cluster:
             node_client = client.get_redis_connection(client.get_node_from_key(keys_[0]))
@@ -42,13 +59,41 @@ def call_replicated(
         try:
             reply, acked = pipe.execute()
         except redis.exceptions.NoScriptError:
-            if attempt:  # loaded a moment ago: something else is wrong, say so
+            if loaded:  # loaded a moment ago: something else is wrong, say so
                 raise
             node_client.script_load(script.script)  # a new node (failover) knows no scripts
+            loaded = True
             continue
-        except (redis.exceptions.ConnectionError, redis.exceptions.ResponseError):
-            if cluster:  # MOVED, CLUSTERDOWN, a node gone: learn the new slot map first
+        except redirected:
+            # the slot moved (a failover, a reshard): learn the new map, send it there
+            if not cluster or attempt == REDIRECTS:
+                raise
+            client.nodes_manager.initialize()
+            continue
+        except redis.exceptions.ConnectionError:
+            if cluster:  # a node gone: learn the new slot map before the caller retries
                 client.nodes_manager.initialize()
             raise
         return reply, int(acked)
     raise AssertionError("unreachable")
+
+
+def write_then_ack(
+    client: Any,
+    ack_script: Any,
+    stream: str,
+    group: str,
+    results: Sequence[tuple[bytes, bytes, bytes]],
+    ttl_ms: int,
+    replication: tuple[int, int],
+) -> tuple[Any, int]:
+    """Write ``(entry id, hash key, value)`` results (a hash's ``value`` field, with a TTL)
+    to keys of any slot, then acknowledge and delete their entries (:data:`ACK_LUA`, run as
+    :func:`call_replicated` with ``replication`` = (replicas, timeout_ms))."""
+    pipe = client.pipeline(transaction=False)
+    for _eid, key, value in results:
+        pipe.hset(key, "value", value)
+        pipe.pexpire(key, ttl_ms)
+    pipe.execute()
+    args = [group, *(eid for eid, _key, _value in results)]
+    return call_replicated(client, ack_script, [stream], args, *replication)

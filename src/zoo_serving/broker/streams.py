@@ -22,16 +22,17 @@ is redelivered again and again alongside a poison one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from .. import keys
 from .access import check_access, worker_commands
 from .queue import Completion, Entry, Queue, consumer_name
-from .replication import call_replicated
+from .replication import ACK_LUA, call_replicated, write_then_ack
 
 # the logger name error.log lines carry, as docs/observability.md shows them
 log = logging.getLogger("zoo_serving.queue")
@@ -94,19 +95,6 @@ end
 return lost
 """
 
-# KEYS: stream. ARGV: group, then ids. Acknowledges and deletes entries whose results were
-# written beforehand, outside this script: in a Redis Cluster, the result hashes of Analytics
-# Zoo and seed-era clients (keys without the stream's hash tag, so in other slots). Returns how
-# many acknowledgements were the first.
-_ACK_LUA = """
-local acked = 0
-for i = 2, #ARGV do
-  acked = acked + redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
-  redis.call('XDEL', KEYS[1], ARGV[i])
-end
-return acked
-"""
-
 FINISHED_MAX = 100_000  # uris remembered for OutputQueue.dequeue
 _HOW = {keys.AS_LIST: "l", keys.AS_PRIVATE: "p", keys.AS_HASH: "h"}  # Completion.how -> Lua
 REFRESH_CHUNK = 1000  # ids per refresh call (Lua's unpack has a stack limit)
@@ -154,11 +142,12 @@ class RedisStreamQueue(Queue):
         self._next_claim = 0.0
         self._complete = client.register_script(_COMPLETE_LUA)
         self._refresh = client.register_script(_REFRESH_LUA)
-        self._ack = client.register_script(_ACK_LUA)
+        self._ack = client.register_script(ACK_LUA)
         self._finished_key = keys.finished(stream)
         self._held: set[bytes] = set()  # ids read and not yet completed or released
         self._held_again: set[bytes] = set()  # those of them delivered before
         self._held_lock = threading.Lock()
+        self._completing: set[bytes] = set()  # ids inside a complete step right now
         self._tag: str | None = None  # what read entries carry as their stream (partitions)
 
     def check_access(self) -> None:
@@ -296,6 +285,10 @@ class RedisStreamQueue(Queue):
         for start in range(0, len(held), REFRESH_CHUNK):
             chunk = held[start : start + REFRESH_CHUNK]
             lost.extend(self._refresh(keys=[self.stream], args=[self.group, self.consumer, *chunk]))
+        with self._held_lock:
+            # not lost: completed by this consumer since the snapshot, or being completed
+            # (acknowledged, its WAIT still under way)
+            lost = [eid for eid in lost if eid in self._held and eid not in self._completing]
         self._drop(lost)
         return lost
 
@@ -335,12 +328,26 @@ class RedisStreamQueue(Queue):
                 claim = keys.uri_claim(self.stream, c.uri) if c.how == keys.AS_LIST else c.key
             keys_.extend((c.key, claim))
             args.extend((c.entry.id, c.value, c.uri, _HOW[c.how]))
-        reply, acked = call_replicated(
-            self.client, self._complete, keys_, args, self.replica_acks, self.replica_timeout_ms
-        )
+        with self._completing_now(c.entry.id for c in done):
+            reply, acked = call_replicated(
+                self.client, self._complete, keys_, args, self.replica_acks, self.replica_timeout_ms
+            )
         self._warn_unreplicated(acked)
         self._drop(c.entry.id for c in done)
         return written + int(reply)
+
+    @contextlib.contextmanager
+    def _completing_now(self, ids: Iterable[bytes]) -> Iterator[None]:
+        """Ids being completed: a refresh meanwhile finds them acknowledged, which is not a
+        take-over (the complete step's WAIT can make that window long)."""
+        ids = set(ids)
+        with self._held_lock:
+            self._completing |= ids
+        try:
+            yield
+        finally:
+            with self._held_lock:
+                self._completing -= ids
 
     def _complete_elsewhere(self, done: Sequence[Completion]) -> int:
         """Results whose keys are in another slot of a Redis Cluster (Analytics Zoo and
@@ -348,20 +355,17 @@ class RedisStreamQueue(Queue):
         Two steps, not one: a record redelivered between them writes its (same) result again,
         so such a client may see a result rewritten, never a record acknowledged without
         one."""
-        pipe = self.client.pipeline(transaction=False)
-        for c in done:
-            pipe.hset(c.key, "value", c.value)
-            pipe.pexpire(c.key, self.result_ttl_ms)
-        pipe.execute()
         ids = [c.entry.id for c in done]
-        reply, acked = call_replicated(
-            self.client,
-            self._ack,
-            [self.stream],
-            [self.group, *ids],
-            self.replica_acks,
-            self.replica_timeout_ms,
-        )
+        with self._completing_now(ids):
+            reply, acked = write_then_ack(
+                self.client,
+                self._ack,
+                self.stream,
+                self.group,
+                [(c.entry.id, c.key, c.value) for c in done],
+                self.result_ttl_ms,
+                (self.replica_acks, self.replica_timeout_ms),
+            )
         self._warn_unreplicated(acked)
         self._drop(ids)
         return int(reply)
