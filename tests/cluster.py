@@ -209,3 +209,87 @@ class Plane:
 
     def dead(self, stream: str) -> list[Any]:
         return [e for p in self.parts(stream) for e in self.db.xrange(keys.dead_letter(p))]
+
+
+@dataclass
+class LocalSentinel:
+    """One master, one replica and three sentinels (quorum 2) on loopback; ``url`` is the
+    ``redis+sentinel://`` URL of master ``zs``."""
+
+    where: Path
+    master_port: int = 0
+    replica_port: int = 0
+    sentinel_ports: list[int] = field(default_factory=list)
+    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    NAME = "zs"
+
+    @property
+    def url(self) -> str:
+        seeds = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        return f"redis+sentinel://{seeds}/{self.NAME}"
+
+    def start(self) -> LocalSentinel:
+        ports = _free_ports(5)
+        self.master_port, self.replica_port, self.sentinel_ports = ports[0], ports[1], ports[2:]
+        self._data_node(self.master_port)
+        self._data_node(self.replica_port, "--replicaof", "127.0.0.1", str(self.master_port))
+        for port in self.sentinel_ports:
+            home = self.where / str(port)
+            home.mkdir(parents=True, exist_ok=True)
+            (home / "sentinel.conf").write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {home}\n"
+                f"sentinel monitor {self.NAME} 127.0.0.1 {self.master_port} 2\n"
+                f"sentinel down-after-milliseconds {self.NAME} {NODE_TIMEOUT_MS}\n"
+                f"sentinel failover-timeout {self.NAME} 5000\n"
+            )
+            self.procs[port] = subprocess.Popen(
+                ["redis-server", str(home / "sentinel.conf"), "--sentinel"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        self.wait_ok(self.master_port)
+        return self
+
+    def _data_node(self, port: int, *extra: str) -> None:
+        home = self.where / str(port)
+        home.mkdir(parents=True, exist_ok=True)
+        self.procs[port] = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(home), *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def cli(self, port: int, *args: str) -> str:
+        done = subprocess.run(
+            ["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10
+        )
+        return done.stdout.strip()
+
+    def master(self) -> int:
+        """The port every sentinel names as the master (0 while they disagree)."""
+        named = set()
+        for port in self.sentinel_ports:
+            lines = self.cli(port, "SENTINEL", "get-master-addr-by-name", self.NAME).splitlines()
+            named.add(lines[-1] if len(lines) == 2 else "")
+        return int(named.pop()) if len(named) == 1 and "" not in named else 0
+
+    def wait_ok(self, master: int, timeout_s: float = 60) -> None:
+        """Until the sentinels agree on ``master`` and it has a replica in sync."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            info = self.cli(master, "INFO", "replication")
+            if self.master() == master and "role:master" in info and "state=online" in info:
+                return
+            assert time.monotonic() < deadline, f"sentinel set-up not ok: {info}"
+            time.sleep(0.1)
+
+    def kill(self, port: int) -> None:
+        self.procs[port].send_signal(signal.SIGKILL)
+        self.procs[port].wait(10)
+
+    def restart_as_replica(self, port: int, master: int) -> None:
+        self._data_node(port, "--replicaof", "127.0.0.1", str(master))
+
+    stop = LocalCluster.stop

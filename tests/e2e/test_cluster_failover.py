@@ -1,6 +1,6 @@
-"""A Redis Cluster master killed (kill -9) while records flow: its replica is promoted, the
-workers and the clients follow the new topology, and every record a client was told is in
-gets exactly one result, the framework's."""
+"""A Redis Cluster master, or the master behind Sentinel, killed (kill -9) while records
+flow: its replica is promoted, the workers and the clients follow the new topology, and every
+record a client was told is in gets exactly one result, the framework's."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cluster import LocalCluster, Plane, tools_missing
+from cluster import LocalCluster, LocalSentinel, Plane, tools_missing
 from helpers import assert_top_n, onnx_direct
 from zoo_serving import InputQueue, OutputQueue, Server
 from zoo_serving.broker.connection import connect
@@ -38,14 +38,49 @@ def own_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         cluster.stop()
 
 
-@pytest.mark.parametrize("replica_acks", [1, 0])
+@pytest.fixture
+def own_sentinel(tmp_path: Path) -> Iterator[LocalSentinel]:
+    """A master, a replica and three sentinels of this test's own."""
+    missing = tools_missing()
+    if missing:
+        pytest.skip(f"no Sentinel set-up: {missing}")
+    sentinel = LocalSentinel(tmp_path / "sentinel")
+    try:
+        yield sentinel.start()
+    finally:
+        sentinel.stop()
+
+
+def kill_cluster_master(cluster: LocalCluster, stream: str) -> None:
+    victim = cluster.master_of(stream)  # partition 0's master, where presence lives
+    cluster.kill(victim)
+    time.sleep(NODE_DOWN_S)
+    cluster.wait_ok()  # a replica took over its slots
+    cluster.restart(victim)  # it comes back as a replica: WAIT has a replica again
+
+
+def kill_sentinel_master(sentinel: LocalSentinel) -> None:
+    victim = sentinel.master_port
+    sentinel.kill(victim)
+    deadline = time.monotonic() + 60
+    while sentinel.master() in (0, victim):
+        assert time.monotonic() < deadline, "the sentinels did not fail over"
+        time.sleep(0.1)
+    sentinel.restart_as_replica(victim, sentinel.master())
+    sentinel.wait_ok(sentinel.master())
+
+
+@pytest.mark.parametrize(
+    ("target", "replica_acks", "partitions"),
+    [("cluster", 1, 3), ("cluster", 0, 3), ("sentinel", 1, 1)],
+)
 def test_a_master_killed_under_load_loses_no_accepted_record(
-    own_cluster, onnx_model_dir, tmp_path, replica_acks, caplog
+    target, replica_acks, partitions, request, onnx_model_dir, tmp_path, caplog
 ) -> None:
     stream = "failover"
-    partitions = 3
-    db = connect(DataConfig(src=own_cluster.url))
-    plane = Plane("failover", own_cluster.url, partitions, db)
+    setup = request.getfixturevalue(f"own_{target}")
+    db = connect(DataConfig(src=setup.url))
+    plane = Plane("failover", setup.url, partitions, db)
     data = {**plane.data(stream), "shape": "3,32,32", "replica_acks": replica_acks}
     raw = {
         "model": {"path": str(onnx_model_dir)},
@@ -80,23 +115,23 @@ def test_a_master_killed_under_load_loses_no_accepted_record(
         while plane.finished_count(stream) < N // 4:
             assert time.monotonic() < deadline, "records do not flow"
             time.sleep(0.01)
-        victim = own_cluster.master_of(stream)  # partition 0's master, where presence lives
         killed_at = plane.finished_count(stream)
         # a worker's own records, acknowledged while it WAITs for a replica, are not lost to
         # another worker: nothing was taken over before the kill
         assert not [r for r in caplog.records if "taken over by other" in r.getMessage()]
-        own_cluster.kill(victim)
-        time.sleep(NODE_DOWN_S)
-        own_cluster.wait_ok()  # a replica took over its slots
-        own_cluster.restart(victim)  # it comes back as a replica: WAIT has a replica again
+        if target == "cluster":
+            kill_cluster_master(setup, stream)
+        else:
+            kill_sentinel_master(setup)
         sender.join(180)
         assert not sender.is_alive() and not errors, errors
         with OutputQueue(name=stream, config=plane.client_config()) as output:
             results = output.query_many(accepted, timeout=120)
     lost = len(accepted) - len(results)
     print(  # the figures of docs/scaling.md
-        f"\nreplica_acks={replica_acks}: {len(accepted)} accepted, {len(refused)} refused "
-        f"(unconfirmed), {lost} accepted records lost, killed at {killed_at} answered"
+        f"\n{target}, replica_acks={replica_acks}: {len(accepted)} accepted, "
+        f"{len(refused)} refused (unconfirmed), {lost} accepted records lost, "
+        f"killed at {killed_at} answered"
     )
     assert killed_at < N, "the load finished before the kill"
     direct = onnx_direct(onnx_model_dir, xs)
