@@ -276,11 +276,18 @@ class LocalSentinel:
         return int(named.pop()) if len(named) == 1 and "" not in named else 0
 
     def wait_ok(self, master: int, timeout_s: float = 60) -> None:
-        """Until the sentinels agree on ``master`` and it has a replica in sync."""
+        """Until the sentinels agree on ``master``, it has a replica in sync, and every
+        sentinel knows that replica and the two other sentinels (else it cannot fail over)."""
         deadline = time.monotonic() + timeout_s
         while True:
             info = self.cli(master, "INFO", "replication")
-            if self.master() == master and "role:master" in info and "state=online" in info:
+            known = all(
+                self.cli(p, "SENTINEL", "replicas", self.NAME).count("\nip\n") >= 1
+                and self.cli(p, "SENTINEL", "sentinels", self.NAME).count("\nip\n") >= 2
+                for p in self.sentinel_ports
+            )
+            in_sync = "role:master" in info and "state=online" in info
+            if self.master() == master and in_sync and known:
                 return
             assert time.monotonic() < deadline, f"sentinel set-up not ok: {info}"
             time.sleep(0.1)

@@ -124,7 +124,7 @@ def test_a_master_killed_under_load_loses_no_accepted_record(
         else:
             kill_sentinel_master(setup)
         sender.join(180)
-        assert not sender.is_alive() and not errors, errors
+        assert not sender.is_alive() and not errors, [f"{type(e).__name__}: {e}" for e in errors]
         with OutputQueue(name=stream, config=plane.client_config()) as output:
             results = output.query_many(accepted, timeout=120)
     lost = len(accepted) - len(results)

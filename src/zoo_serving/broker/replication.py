@@ -74,6 +74,14 @@ def call_replicated(
             if cluster:  # a node gone: learn the new slot map before the caller retries
                 client.nodes_manager.initialize()
             raise
+        except redis.exceptions.ResponseError as exc:
+            if "replica" not in str(exc):
+                raise
+            # WAIT on a replica: this connection still points at a master demoted by a
+            # failover; drop the pool's connections (Sentinel's pool asks the sentinels for
+            # the master again) and let the caller retry, as for a lost connection
+            node_client.connection_pool.disconnect()
+            raise redis.exceptions.ConnectionError(f"talking to a replica: {exc}") from exc
         return reply, int(acked)
     raise AssertionError("unreachable")
 
