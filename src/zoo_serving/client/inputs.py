@@ -79,23 +79,26 @@ class InputQueue(RedisUser):
         )
 
     def _send_all(self, records: Iterable[Outgoing]) -> list[str]:
-        """Send records in chunks of at most _CHUNK records and _CHUNK_BYTES; returns the
-        uris."""
+        """Send records in chunks of at most _CHUNK records and _CHUNK_BYTES, a chunk per
+        partition (so N partitions cost no more round trips than one); returns the uris."""
         uris: list[str] = []
-        chunk: list[Outgoing] = []
-        size = 0
+        chunks: dict[str, tuple[list[Outgoing], int]] = {}
         for record in records:
+            part = self._part(record.uri)
+            chunk, size = chunks.get(part, ([], 0))
             record_size = sum(len(v) for v in record.fields.values())
             if chunk and size + record_size > _CHUNK_BYTES:
-                self._send(chunk, uris)
+                self._send_part(self._producers[part], chunk, uris)
                 chunk, size = [], 0
             chunk.append(record)
             size += record_size
             if len(chunk) == _CHUNK:
-                self._send(chunk, uris)
+                self._send_part(self._producers[part], chunk, uris)
                 chunk, size = [], 0
-        if chunk:
-            self._send(chunk, uris)
+            chunks[part] = (chunk, size)
+        for part, (chunk, _size) in chunks.items():
+            if chunk:
+                self._send_part(self._producers[part], chunk, uris)
         return uris
 
     def _send(self, records: list[Outgoing], accepted: list[str]) -> None:
