@@ -22,7 +22,7 @@ from zoo_serving.broker.embedded import ManagedRedis, free_port
 
 pytestmark = pytest.mark.timeout(600)
 
-PAYLOADS = {  # name: (records, shape of data.shape, builder)
+PAYLOADS = {  # name: (records, data.shape)
     "tensor 600 KB": (300, "150000"),
     "jpeg 150 KB": (300, "3,32,32"),
     "tensor 4 KB": (3000, "1000"),
@@ -35,19 +35,17 @@ def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedRedis
         yield server
 
 
-def mean_model(where: Path, dims: int) -> Path:
-    """``[N, ...] -> [N, 1]``: the mean over everything but the batch axis (a ReduceMean)."""
+def mean_model(where: Path, shape: str) -> Path:
+    """``[N, *shape] -> [N]``: the mean over everything but the batch axis (a ReduceMean)."""
     import onnx
     from onnx import TensorProto, helper
 
-    shape: list[Any] = ["N", 150000] if dims == 2 else ["N", 3, 32, 32]
-    if dims == 2 and where.name.endswith("small"):
-        shape = ["N", 1000]
-    axes = list(range(1, len(shape)))
+    shape_: list[Any] = ["N", *(int(d) for d in shape.split(","))]
+    axes = list(range(1, len(shape_)))
     graph = helper.make_graph(
         [helper.make_node("ReduceMean", ["x"], ["m"], axes=axes, keepdims=0)],
         "mean",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape_)],
         [helper.make_tensor_value_info("m", TensorProto.FLOAT, ["N"])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -86,15 +84,11 @@ def test_redis_cpu_per_record(
     import redis
 
     records, shape = PAYLOADS[payload]
+    model_dir = mean_model(tmp_path / "model", shape)
     if payload.startswith("jpeg"):
-        model_dir = mean_model(tmp_path / "img", 4)
         value: Any = noise_jpeg(150_000)
-    elif payload == "tensor 4 KB":
-        model_dir = mean_model(tmp_path / "small", 2)
-        value = np.random.default_rng(0).random(1000, dtype=np.float32)
     else:
-        model_dir = mean_model(tmp_path / "large", 2)
-        value = np.random.default_rng(0).random(150000, dtype=np.float32)
+        value = np.random.default_rng(0).random(int(shape), dtype=np.float32)
     stream = f"cost-{payload.replace(' ', '-')}"
     raw = {
         "model": {"path": str(model_dir)},
