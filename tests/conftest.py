@@ -156,6 +156,16 @@ def serve(redis_url: str, stream: str, tmp_path: Path) -> Iterator[Callable[...,
 
     ``serve(model_dir, **{"params.top_n": 3})`` -> the started Server.
     """
+    yield from _servers({"src": redis_url, "stream": stream}, tmp_path)
+
+
+@pytest.fixture
+def serve_on(plane: Any, stream: str, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """:func:`serve` on the test's data plane (one Redis, or the cluster with partitions)."""
+    yield from _servers(plane.data(stream), tmp_path)
+
+
+def _servers(data: dict[str, Any], tmp_path: Path) -> Iterator[Callable[..., Any]]:
     from zoo_serving import Server
 
     servers: list[Any] = []
@@ -163,7 +173,7 @@ def serve(redis_url: str, stream: str, tmp_path: Path) -> Iterator[Callable[...,
     def start(model_dir: Path, wait: bool = True, **dotted: Any) -> Any:
         raw: dict[str, dict[str, Any]] = {
             "model": {"path": str(model_dir)},
-            "data": {"src": redis_url, "stream": stream, "shape": "3,32,32"},
+            "data": {**data, "shape": "3,32,32"},
             "params": {"batch_size": 4, "top_n": 3},
             "log": {"dir": str(tmp_path / "work")},
         }
@@ -200,3 +210,42 @@ def env_without_coverage() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = str(Path(os.sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
+
+
+# ------------------------------------------------------------------ redis cluster
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real local Redis Cluster, 3 masters + 3 replicas, for the whole session."""
+    from cluster import LocalCluster, tools_missing
+
+    missing = tools_missing()
+    if missing:
+        pytest.skip(f"no Redis Cluster: {missing}")
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["single", "cluster-p1", "cluster-p3"])
+def plane(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The data plane of a guarantee test: the session Redis, or the Redis Cluster with
+    data.partitions 1 or 3; a clean keyspace each time."""
+    from cluster import Plane
+    from zoo_serving.broker.connection import connect
+    from zoo_serving.config import DataConfig
+
+    if request.param == "single":
+        url = request.getfixturevalue("redis_url")
+        partitions = 1
+    else:
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        url = cluster.url
+        partitions = int(request.param.rsplit("p", 1)[1])
+    db = connect(DataConfig(src=url))
+    yield Plane(request.param, url, partitions, db)
+    db.close()

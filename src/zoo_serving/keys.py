@@ -7,6 +7,8 @@ of one stream can never equal one of another.
 
 from __future__ import annotations
 
+import zlib
+
 PREFIX = "zs"  # namespace of every key zoo_serving owns
 ZOO_RESULT_PREFIX = "cluster-serving_"  # result hashes of Analytics Zoo v0.9-v0.11 clients
 SEED_RESULT_PREFIX = "result:"  # result hashes of seed-era clients
@@ -14,6 +16,32 @@ AS_LIST = "list"  # a result key holding a one-element list (native results)
 AS_HASH = "hash"  # a result key holding a hash with the field ``value`` (zoo, seed era)
 AS_PRIVATE = "private"  # a one-element list only its sender knows (native ``reply_to``)
 AS_INBOX = "inbox"  # appended to a client's inbox list, after its token (native ``inbox``)
+
+
+def partition_streams(stream: str, partitions: int) -> list[str]:
+    """The streams of ``stream`` split in ``partitions`` (``data.partitions``): the first is
+    ``stream`` itself (so its keys, and where Analytics Zoo and seed-era clients add records,
+    are those of an unsplit stream), the others ``<stream>:p<i>``. ``:`` is not allowed in a
+    stream name, so a partition is never another stream; each is its own hash tag, so its own
+    Redis Cluster slot, and all its keys (group, results, claims, dead letters, bound) are in
+    it."""
+    return [stream] + [f"{stream}:p{i}" for i in range(1, partitions)]
+
+
+def partition_of(stream: str, uri: str | bytes, partitions: int) -> str:
+    """The partition stream a record with ``uri`` goes to: a stable hash of the uri (CRC-32,
+    the same in every process and language), so any client finds its result."""
+    if partitions <= 1:
+        return stream
+    uri_b = uri if isinstance(uri, bytes) else uri.encode("utf-8")
+    index = zlib.crc32(uri_b) % partitions
+    return stream if index == 0 else f"{stream}:p{index}"
+
+
+def partitions(stream: str) -> str:
+    """String: the partition count (``data.partitions``) the server of ``stream`` serves it
+    with; clients read it, so they spread records as the workers read them."""
+    return f"{PREFIX}:{{{stream}}}:partitions"
 
 
 def result(stream: str, uri: str | bytes) -> bytes:

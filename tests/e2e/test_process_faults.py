@@ -9,24 +9,25 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import redis as redis_lib
 import yaml
 
+from cluster import Plane
 from helpers import assert_top_n, onnx_direct
 from zoo_serving import InputQueue, OutputQueue, keys
 
 
 def start_worker(
-    tmp_path: Path, name: str, model_dir: Path, redis_url: str, stream: str, **params: object
+    tmp_path: Path, name: str, model_dir: Path, plane: Plane, stream: str, **params: object
 ) -> subprocess.Popen[bytes]:
     """A server process (one worker) serving ``stream``, like `zoo-serve start --foreground`."""
     work = tmp_path / name
     work.mkdir()
     config = {
         "model": {"path": str(model_dir)},
-        "data": {"src": redis_url, "stream": stream, "shape": "3,32,32"},
+        "data": {**plane.data(stream), "shape": "3,32,32"},
         "params": {"batch_size": 8, "top_n": 3, "claim_idle_ms": 1000, **params},
         "log": {"dir": str(work)},
     }
@@ -47,7 +48,7 @@ def start_worker(
     )
 
 
-def wait_workers(client: redis_lib.Redis, stream: str, count: int, timeout_s: float = 60) -> None:
+def wait_workers(client: Any, stream: str, count: int, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while client.hlen(keys.workers(stream)) < count or not client.exists(keys.ready(stream)):
         assert time.monotonic() < deadline, "workers did not get ready"
@@ -65,59 +66,61 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def test_kill_9_of_a_worker_mid_load_loses_nothing(
-    tmp_path, onnx_model_dir, redis_url, redis_client, stream
-) -> None:
+def test_kill_9_of_a_worker_mid_load_loses_nothing(tmp_path, onnx_model_dir, plane, stream) -> None:
     n = 10_000
+    db = plane.db
     xs = np.random.default_rng(9).normal(0, 50, (40, 3, 32, 32)).astype(np.float32)
-    victim = start_worker(tmp_path, "victim", onnx_model_dir, redis_url, stream)
-    survivor = start_worker(tmp_path, "survivor", onnx_model_dir, redis_url, stream)
+    victim = start_worker(tmp_path, "victim", onnx_model_dir, plane, stream)
+    survivor = start_worker(tmp_path, "survivor", onnx_model_dir, plane, stream)
     try:
-        wait_workers(redis_client, stream, 2)
-        with InputQueue(url=redis_url, name=stream) as client:
+        wait_workers(db, stream, 2)
+        with InputQueue(name=stream, config=plane.client_config()) as client:
             client.enqueue_many((f"k{i}", {"t": xs[i % 40]}) for i in range(n))
         deadline = time.monotonic() + 60
-        while redis_client.llen(keys.finished(stream)) < n // 5:
+        while plane.finished_count(stream) < n // 5:
             assert time.monotonic() < deadline
             time.sleep(0.005)
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(10)
-        killed_at = redis_client.llen(keys.finished(stream))
+        killed_at = plane.finished_count(stream)
         assert killed_at < n, "the load finished before the kill; make it longer"
-        with OutputQueue(url=redis_url, name=stream) as output:
+        with OutputQueue(name=stream, config=plane.client_config()) as output:
             results = output.query_many([f"k{i}" for i in range(n)], timeout=120)
     finally:
         stop(victim)
         stop(survivor)
     assert len(results) == n  # none lost
-    finished = Counter(redis_client.lrange(keys.finished(stream), 0, -1))
+    finished = Counter(plane.finished(stream))
     assert len(finished) == n and set(finished.values()) == {1}  # one result each, never two
+    per_part = [db.llen(keys.finished(p)) for p in plane.parts(stream)]
+    assert min(per_part) > n / plane.partitions / 2  # spread over every partition
     direct = onnx_direct(onnx_model_dir, xs)
     for i in range(n):
         assert_top_n(results[f"k{i}"], direct[i % 40], 3)
-    assert redis_client.xlen(stream) == 0
-    assert redis_client.xpending(stream, "serving")["pending"] == 0
+    assert plane.queued(stream) == 0
+    assert plane.pending(stream) == 0
     assert survivor.returncode == 0
 
 
 def test_sigterm_drains_what_was_read_and_leaves_the_rest_queued(
-    tmp_path, onnx_model_dir, redis_url, redis_client, stream
+    tmp_path, onnx_model_dir, plane, stream
 ) -> None:
     n = 3000
-    worker = start_worker(tmp_path, "w", onnx_model_dir, redis_url, stream)
+    db = plane.db
+    worker = start_worker(tmp_path, "w", onnx_model_dir, plane, stream)
     x = np.ones((3, 32, 32), np.float32)
     try:
-        wait_workers(redis_client, stream, 1)
-        with InputQueue(url=redis_url, name=stream) as client:
+        wait_workers(db, stream, 1)
+        with InputQueue(name=stream, config=plane.client_config()) as client:
             client.enqueue_many((f"t{i}", {"t": x}) for i in range(n))
-        while redis_client.llen(keys.finished(stream)) < 200:
+        while plane.finished_count(stream) < 200:
             time.sleep(0.005)
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0
     finally:
         stop(worker)
-    answered = redis_client.llen(keys.finished(stream))
-    queued = redis_client.xlen(stream)
-    assert redis_client.xpending(stream, "serving")["pending"] == 0  # nothing read and dropped
+    answered = plane.finished_count(stream)
+    queued = plane.queued(stream)
+    assert plane.pending(stream) == 0  # nothing read and dropped
     assert answered + queued == n and queued > 0
-    assert not redis_client.exists(keys.ready(stream))
+    assert not db.exists(keys.ready(stream))

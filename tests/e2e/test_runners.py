@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 import yaml
 
+from cluster import Plane
 from helpers import (
     HANG,
     NOT_A_JPEG,
@@ -135,9 +136,13 @@ def server_config(
     }
 
 
+def one_redis(redis_url: str, redis_client: Any) -> Plane:
+    """The session Redis as a data plane (one stream, no partitions)."""
+    return Plane("single", redis_url, 1, redis_client)
+
+
 def run_load(
-    redis_url: str,
-    redis_client: Any,
+    plane: Plane,
     stream: str,
     xs: np.ndarray,
     n: int = N,
@@ -148,7 +153,7 @@ def run_load(
     records still arrive; return every result (with ``collect``)."""
 
     def enqueue() -> None:
-        with InputQueue(url=redis_url, name=stream) as client:
+        with InputQueue(name=stream, config=plane.client_config()) as client:
             for first in range(0, n, 200):
                 client.enqueue_many(
                     (f"r{i}", {"t": xs[i % DISTINCT]}) for i in range(first, min(n, first + 200))
@@ -159,16 +164,16 @@ def run_load(
     try:
         if during is not None:
             deadline = time.monotonic() + 60
-            while redis_client.llen(keys.finished(stream)) < n // 5:
+            while plane.finished_count(stream) < n // 5:
                 assert time.monotonic() < deadline, "the load did not start"
                 time.sleep(0.002)
             during()
-            assert redis_client.llen(keys.finished(stream)) < n, "the load ended before `during`"
+            assert plane.finished_count(stream) < n, "the load ended before `during`"
     finally:
         sender.join()
     if not collect:
         return {}
-    with OutputQueue(url=redis_url, name=stream) as output:
+    with OutputQueue(name=stream, config=plane.client_config()) as output:
         return output.query_many([f"r{i}" for i in range(n)], timeout=120)
 
 
@@ -209,17 +214,19 @@ def stop_cli_server(proc: subprocess.Popen[bytes]) -> int:
     return proc.returncode
 
 
-def pending_of(redis_client: Any, stream: str, consumer: str) -> int:
-    """Records delivered to ``consumer`` and not acknowledged."""
-    for info in redis_client.xinfo_consumers(stream, "serving"):
-        if info["name"].decode() == consumer:
-            return int(info["pending"])
-    return 0
+def pending_of(plane: Plane, stream: str, consumer: str) -> int:
+    """Records delivered to ``consumer`` and not acknowledged, over the partitions."""
+    return sum(
+        int(info["pending"])
+        for part in plane.parts(stream)
+        for info in plane.db.xinfo_consumers(part, "serving")
+        if info["name"].decode() == consumer
+    )
 
 
 def check_results(
     results: dict[str, Any],
-    redis_client: Any,
+    plane: Plane,
     stream: str,
     direct: np.ndarray,
     n: int = N,
@@ -228,12 +235,12 @@ def check_results(
     """``n`` records r0... answered once each with the framework's answer (and ``others``
     records besides)."""
     assert len(results) == n  # none lost
-    finished = Counter(redis_client.lrange(keys.finished(stream), 0, -1))
+    finished = Counter(plane.finished(stream))
     assert len(finished) == n + others and set(finished.values()) == {1}  # once each
     for i in range(n):
         assert_top_n(results[f"r{i}"], direct[i % DISTINCT], TOP_N)
-    assert redis_client.xlen(stream) == 0
-    assert redis_client.xpending(stream, "serving")["pending"] == 0
+    assert plane.queued(stream) == 0
+    assert plane.pending(stream) == 0
 
 
 def live_beats(redis_client: Any, stream: str, count: int, timeout_s: float = 10) -> list[dict]:
@@ -274,7 +281,7 @@ def test_each_runner_serves_2000_records_once_each_with_the_frameworks_answers(
         raw["params"]["runner"] = "threads"  # --runner overrides it
         proc = start_cli_server(work, raw, name, redis_client, stream)
         try:
-            results = run_load(redis_url, redis_client, stream, xs)
+            results = run_load(one_redis(redis_url, redis_client), stream, xs)
             beats = live_beats(redis_client, stream, 2)
             bad = send_bad(redis_url, stream)
             sample = scrape_when(metrics_url, N, {DecodeError.code: len(bad)}, workers=2)
@@ -288,13 +295,13 @@ def test_each_runner_serves_2000_records_once_each_with_the_frameworks_answers(
         try:
             server.start(timeout_s=120)
             assert server.runner is not None and server.runner.name == name
-            results = run_load(redis_url, redis_client, stream, xs)
+            results = run_load(one_redis(redis_url, redis_client), stream, xs)
             beats = live_beats(redis_client, stream, 2)
             bad = send_bad(redis_url, stream)
             sample = scrape_when(metrics_url, N, {DecodeError.code: len(bad)}, workers=2)
         finally:
             server.stop()
-    check_results(results, redis_client, stream, direct, others=len(bad))
+    check_results(results, one_redis(redis_url, redis_client), stream, direct, others=len(bad))
     assert not redis_client.exists(keys.ready(stream))  # every worker stopped and said so
     assert not redis_client.hlen(keys.workers(stream))
     error_log = (work / "error.log").read_text()
@@ -332,12 +339,13 @@ def test_status_lists_the_worker_processes(
 
 
 def test_processes_a_worker_killed_mid_run_is_restarted_and_nothing_is_lost(
-    tmp_path, onnx_model_dir, redis_url, redis_client, stream, xs, direct
+    tmp_path, onnx_model_dir, plane, stream, xs, direct
 ) -> None:
     n = 4 * N
     raw = server_config(
-        onnx_model_dir, redis_url, stream, tmp_path / "work", "processes", claim_idle_ms=1000
+        onnx_model_dir, plane.url, stream, tmp_path / "work", "processes", claim_idle_ms=1000
     )
+    raw["data"]["partitions"] = plane.partitions
     killed: list[int] = []
     orphaned: list[int] = []
 
@@ -346,16 +354,16 @@ def test_processes_a_worker_killed_mid_run_is_restarted_and_nothing_is_lost(
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
         time.sleep(0.1)
-        orphaned.append(pending_of(redis_client, stream, f"{socket.gethostname()}-{pid}-1"))
+        orphaned.append(pending_of(plane, stream, f"{socket.gethostname()}-{pid}-1"))
 
     with Server(raw) as server:
-        results = run_load(redis_url, redis_client, stream, xs, n, during=kill_one)
+        results = run_load(plane, stream, xs, n, during=kill_one)
         runner: Any = server.runner
         assert runner.wait_ready(60), "the killed worker was not replaced"
         assert runner.restarts == 1
         assert len(runner.pids) == 2 and killed[0] not in runner.pids
     assert orphaned[0] > 0  # the dead worker held records: the others took them over
-    check_results(results, redis_client, stream, direct, n)
+    check_results(results, plane, stream, direct, n)
 
 
 def test_ray_an_actor_killed_mid_run_loses_nothing(
@@ -374,13 +382,15 @@ def test_ray_an_actor_killed_mid_run_loses_nothing(
         runner: Any = server.runner
         ray.kill(runner.actors[0])
         time.sleep(0.5)  # ray.kill returns before the actor is gone
-        orphaned.append(pending_of(redis_client, stream, runner.workers_info[0]["name"]))
+        orphaned.append(
+            pending_of(one_redis(redis_url, redis_client), stream, runner.workers_info[0]["name"])
+        )
 
     with Server(raw) as server:
-        results = run_load(redis_url, redis_client, stream, xs, n, during=kill_one)
+        results = run_load(one_redis(redis_url, redis_client), stream, xs, n, during=kill_one)
         assert server.runner is not None and server.runner.alive  # the other one serves on
     assert orphaned[0] > 0  # the dead actor held records: the other took them over
-    check_results(results, redis_client, stream, direct, n)
+    check_results(results, one_redis(redis_url, redis_client), stream, direct, n)
 
 
 def runner_config(runner: str, request: Any, raw: dict[str, Any]) -> dict[str, Any]:
@@ -410,7 +420,8 @@ def test_stop_mid_load_drains_what_was_read_and_leaves_the_rest_queued(
     raw = server_config(onnx_model_dir, redis_url, stream, tmp_path / "work", runner)
     raw["log"]["summary"] = True
     server = Server(runner_config(runner, request, raw)).start(timeout_s=120)
-    run_load(redis_url, redis_client, stream, xs, n, during=lambda: server.stop(30), collect=False)
+    plane = one_redis(redis_url, redis_client)
+    run_load(plane, stream, xs, n, during=lambda: server.stop(30), collect=False)
     answered = redis_client.llen(keys.finished(stream))
     queued = redis_client.xlen(stream)
     assert redis_client.xpending(stream, "serving")["pending"] == 0  # nothing read and dropped

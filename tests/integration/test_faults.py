@@ -135,51 +135,71 @@ def test_redis_restart_mid_load_loses_nothing(onnx_model_dir, tmp_path) -> None:
         redis_server.stop()
 
 
-def test_full_queue_raises_and_never_trims(onnx_model_dir, serve, client, redis_client, stream):
-    server = serve(onnx_model_dir, **{"data.max_queue_len": 5})
+def test_full_queue_raises_and_never_trims(onnx_model_dir, serve_on, plane, stream):
+    db = plane.db
+    server = serve_on(onnx_model_dir, **{"data.max_queue_len": 6})
     server.stop()  # the bound stays published; nothing consumes now
+    share = 6 // plane.partitions  # the bound is split over the partitions
     x = np.zeros((3, 32, 32), np.float32)
-    client.enqueue_many((f"q{i}", {"t": x}) for i in range(3))
-    with pytest.raises(QueueFullError) as info:
-        client.enqueue_many((f"q{i}", {"t": x}) for i in range(3, 7))
-    assert info.value.details["accepted"] == ["q3", "q4"]  # in order, as far as there was room
-    with pytest.raises(QueueFullError, match="holds 5 unprocessed records.*bound.*is 5"):
-        client.enqueue("q5", t=x)
-    assert redis_client.xlen(stream) == 5  # nothing trimmed
-    uris = [f[b"uri"] for _, f in redis_client.xrange(stream)]
-    assert uris == [b"q0", b"q1", b"q2", b"q3", b"q4"]
+    with InputQueue(name=stream, config=plane.client_config()) as client:
+        with pytest.raises(QueueFullError) as info:
+            client.enqueue_many((f"q{i}", {"t": x}) for i in range(30))
+        accepted = info.value.details["accepted"]
+        with pytest.raises(QueueFullError, match=f"holds {share} unprocessed.*bound.*is {share}"):
+            for i in range(30, 60):
+                client.enqueue(f"q{i}", t=x)
+    parts = plane.parts(stream)
+    in_streams = [f[b"uri"].decode() for p in parts for _, f in db.xrange(p)]
+    assert sorted(in_streams) == sorted(set(in_streams))
+    assert set(accepted) <= set(in_streams)  # what the client was told went in, is in
+    assert all(db.xlen(p) <= share for p in parts)  # nothing over the bound...
+    assert max(db.xlen(p) for p in parts) == share  # ...and nothing trimmed to make room
+    for p in parts:  # in order within a partition, as far as there was room
+        uris = [int(f[b"uri"][1:]) for _, f in db.xrange(p)]
+        assert uris == sorted(uris)
 
 
 def test_waiting_client_gets_in_once_the_server_drains(
-    onnx_model_dir, serve, redis_url, stream, output
+    onnx_model_dir, serve_on, plane, stream
 ) -> None:
-    server = serve(onnx_model_dir, **{"data.max_queue_len": 3})
+    bound = plane.partitions  # one record per partition
+    server = serve_on(onnx_model_dir, **{"data.max_queue_len": bound})
     server.stop()
     x = np.zeros((3, 32, 32), np.float32)
-    with InputQueue(url=redis_url, name=stream, wait_if_full_s=30) as client:
-        client.enqueue_many((f"w{i}", {"t": x}) for i in range(3))
-        serve(onnx_model_dir, **{"data.max_queue_len": 3})  # starts draining
-        client.enqueue_many((f"w{i}", {"t": x}) for i in range(3, 10))
-    assert len(output.query_many([f"w{i}" for i in range(10)], timeout=30)) == 10
+    config = plane.client_config()
+    with InputQueue(name=stream, config=config, wait_if_full_s=30) as client:
+        client.enqueue("w0", t=x)  # its partition is full
+        serve_on(onnx_model_dir, **{"data.max_queue_len": bound})  # starts draining
+        client.enqueue_many((f"w{i}", {"t": x}) for i in range(1, 10))
+    with OutputQueue(name=stream, config=config) as output:
+        assert len(output.query_many([f"w{i}" for i in range(10)], timeout=30)) == 10
 
 
 def test_record_delivered_too_often_goes_to_dead_letter(
-    onnx_model_dir, serve, client, output, redis_client, stream
+    onnx_model_dir, serve_on, plane, stream
 ) -> None:
-    client.enqueue("poison", t=np.zeros((3, 32, 32), np.float32))
-    redis_client.xgroup_create(stream, "serving", id="0")
-    entry_id = redis_client.xreadgroup("serving", "ghost", {stream: ">"}, count=1)[0][1][0][0]
+    db = plane.db
+    config = plane.client_config()
+    with InputQueue(name=stream, config=config) as client:
+        client.enqueue("poison", t=np.zeros((3, 32, 32), np.float32))
+    part = keys.partition_of(stream, "poison", plane.partitions)
+    db.xgroup_create(part, "serving", id="0")
+    entry_id = db.xreadgroup("serving", "ghost", {part: ">"}, count=1)[0][1][0][0]
     for _ in range(3):  # a worker that took it and died, three times over
-        redis_client.xclaim(stream, "serving", "ghost", 0, [entry_id])
-    serve(onnx_model_dir, **{"params.claim_idle_ms": 100, "params.max_deliveries": 3})
-    with pytest.raises(ServerError, match="delivered 5 times.*max_deliveries=3"):
+        db.xclaim(part, "serving", "ghost", 0, [entry_id])
+    serve_on(onnx_model_dir, **{"params.claim_idle_ms": 100, "params.max_deliveries": 3})
+    with (
+        OutputQueue(name=stream, config=config) as output,
+        pytest.raises(ServerError, match="delivered 5 times.*max_deliveries=3"),
+    ):
         output.query("poison", timeout=30)
-    dead = redis_client.xrange(keys.dead_letter(stream))
+    dead = plane.dead(stream)
     assert len(dead) == 1
+    assert db.xlen(keys.dead_letter(part)) == 1  # in its own partition's slot
     fields = dead[0][1]
     assert fields[b"uri"] == b"poison" and fields[b"zs_id"] == entry_id
     assert b"max_deliveries" in fields[b"zs_reason"]
-    assert redis_client.xpending(stream, "serving")["pending"] == 0
+    assert plane.pending(stream) == 0
 
 
 def test_stop_does_not_wait_forever_for_a_redis_that_is_gone(tmp_path) -> None:

@@ -209,10 +209,36 @@ def test_empty_sections_take_defaults() -> None:
         "rediss://user:pw@redis.example.com:6380/0",
         "localhost:6379",
         "10.0.0.5:7000",
+        "redis+cluster://10.0.0.1:7000,10.0.0.2:7001",
+        "rediss+cluster://user:pw@h1:7000",
+        "redis+sentinel://:pw@s1:26379,s2:26379,s3:26379/mymaster",
     ],
 )
 def test_data_src_accepts_host_port_and_urls(src: str) -> None:
     assert _load("data", "src", src).data.src == src
+
+
+@pytest.mark.parametrize(
+    ("src", "says"),
+    [
+        ("redis+cluster://h1:7000,h2", "bad seed 'h2'"),
+        ("redis+cluster://h1:99999", "bad seed"),
+        ("redis+sentinel://s1:26379,s2:26379", "names the master"),
+        ("redis+sentinel://s1:26379/", "names the master"),
+    ],
+)
+def test_bad_cluster_or_sentinel_src_names_data_src(src: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=says) as info:
+        _load("data", "src", src)
+    assert info.value.details["key"] == "data.src"
+
+
+@pytest.mark.parametrize(("key", "value"), [("partitions", 0), ("replica_acks", -1)])
+def test_partitions_and_replica_acks_are_checked(key: str, value: int) -> None:
+    with pytest.raises(ConfigError) as info:
+        _load("data", key, value)
+    assert info.value.details["key"] == f"data.{key}"
+    assert _load("data", key, 3).data.__dict__[key] == 3
 
 
 # ---------------------------------------------------------------- unknown keys

@@ -83,6 +83,10 @@ def check_access(client: Any, commands: Sequence[tuple[str, ...]]) -> None:
     the client's Redis user may not use, and the ACL rules that would allow them."""
     import redis
 
+    from .connection import is_cluster
+
+    if is_cluster(client):  # every command names keys of one stream: one slot, one node
+        client = client.get_redis_connection(client.get_node_from_key(_key(commands[0])))
     pool = client.connection_pool
     conn = pool.get_connection()
     denied: list[tuple[tuple[str, ...], str]] = []

@@ -1,7 +1,9 @@
 """Connections to Redis: ``data.src`` (``host:port`` or a ``redis://``, ``rediss://`` or
-``unix://`` URL) with its password, ACL user and TLS files, as one redis-py client; clear errors
-when Redis does not answer or refuses the login; and a command packer that sends large tensors
-from their own buffers."""
+``unix://`` URL; ``redis[s]+cluster://h1:p1,h2:p2`` for a Redis Cluster;
+``redis[s]+sentinel://h1:p1,h2:p2/master`` for a master found through Sentinel) with its
+password, ACL user and TLS files, as one redis-py client (``redis.Redis`` or
+``redis.cluster.RedisCluster``); clear errors when Redis does not answer or refuses the login;
+and a command packer that sends large tensors from their own buffers."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..config import DataConfig
+from ..config.checks import CLUSTER_SCHEMES, SENTINEL_SCHEMES, split_nodes
 from ..errors import BrokerConnectionError, ConfigError
 
 RECONNECT_TRIES = 10
@@ -74,7 +77,10 @@ def connect(
     if zero_copy:
         options["command_packer"] = ViewPacker()
     options.update(kwargs)
-    client = redis.Redis.from_url(target, **options)
+    if target.startswith(CLUSTER_SCHEMES + SENTINEL_SCHEMES):
+        client = _many_nodes(target, options, retries)
+    else:
+        client = redis.Redis.from_url(target, **options)
     if check:
         try:
             client.ping()
@@ -103,6 +109,14 @@ def connect_async(
     from redis.backoff import ExponentialBackoff
 
     target, options = _options(data or DataConfig(), url)
+    if target.startswith(CLUSTER_SCHEMES + SENTINEL_SCHEMES):
+        raise ConfigError(
+            f"data.src: {safe_url(target)}: the asyncio client and the HTTP front door take one "
+            "Redis (redis://, rediss://, unix://) for now, not a Redis Cluster or Sentinel; "
+            "use InputQueue, or point them at the master",
+            key="data.src",
+            value=safe_url(target),
+        )
     options["retry"] = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries)
     options["connection_class"] = _packing_connection(target)
     options.update(kwargs)
@@ -152,7 +166,7 @@ def _options(data: DataConfig, url: str | None) -> tuple[str, dict[str, Any]]:
         options["password"] = data.password
     if data.username and not urlsplit(target).username:
         options["username"] = data.username
-    if target.startswith("rediss://"):
+    if target.startswith(("rediss://", "rediss+")):
         _check_tls_files(data)
         if data.tls_ca:
             options["ssl_ca_certs"] = data.tls_ca
@@ -161,6 +175,60 @@ def _options(data: DataConfig, url: str | None) -> tuple[str, dict[str, Any]]:
         if data.tls_key:
             options["ssl_keyfile"] = data.tls_key
     return target, options
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` talks to a Redis Cluster (keys of one command or script must share
+    a slot; pipelines are split by node)."""
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
+def _many_nodes(target: str, options: dict[str, Any], retries: int) -> Any:
+    """A client for a ``redis[s]+cluster://`` or ``redis[s]+sentinel://`` URL."""
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    head, seeds, master = split_nodes(target)
+    _credentials(head, options)
+    tls = head.startswith("rediss")
+    options.pop("command_packer", None)  # redis-py's cluster client takes no packer
+    if target.startswith(CLUSTER_SCHEMES):
+        from redis.cluster import ClusterNode, RedisCluster
+
+        options.pop("health_check_interval", None)
+        options.pop("retry", None)
+        # redis-py refreshes the slot map on MOVED and on a lost node, then retries the
+        # command (at once, ``retries`` times); callers back off around that for a failover
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in seeds],
+            ssl=tls,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
+            **options,
+        )
+    from redis.sentinel import Sentinel
+
+    sentinel_options = {
+        k: v for k, v in options.items() if k.startswith("socket_") or k.startswith("ssl_")
+    }
+    if tls:
+        sentinel_options["ssl"] = True
+    sentinel = Sentinel(seeds, sentinel_kwargs=sentinel_options)
+    # the pool asks the sentinels for the master before each new connection, so a failover
+    # is followed on the next reconnect
+    return sentinel.master_for(master, ssl=tls, **options)
+
+
+def _credentials(head: str, options: dict[str, Any]) -> None:
+    """The user and password of a many-node URL's ``scheme://user:password@`` head, if any."""
+    from urllib.parse import unquote
+
+    user, _, password = head.split("://", 1)[1].rstrip("@").partition(":")
+    if user:
+        options["username"] = unquote(user)
+    if password:
+        options["password"] = unquote(password)
 
 
 _TLS_FILES = {
@@ -194,7 +262,7 @@ def _tls_hint(data: DataConfig, target: str, exc: BaseException) -> str:
     to check; "" when ``exc`` is no TLS failure."""
     import ssl
 
-    if not target.startswith("rediss://"):
+    if not target.startswith(("rediss://", "rediss+")):
         return ""
     text = f"{exc} {exc.__context__ or ''}"
     ca = f"data.tls_ca ({data.tls_ca})" if data.tls_ca else "the system's CAs (data.tls_ca unset)"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import keys
+from .replication import call_replicated
 
 # KEYS: stream, max_len key, producer key, then per record: its uri's claim key and its uri's
 #   result key
@@ -106,6 +107,7 @@ class Added:
     why: str
     length: int
     bound: int
+    acked: int = 0
 
     @property
     def out_of_memory(self) -> bool:
@@ -132,15 +134,27 @@ class StreamProducer:
 
     Args:
         client: a redis-py client, or a ``redis.asyncio`` one (then use :meth:`add_async`).
-        stream: the input stream.
+        stream: the input stream (one partition of it).
+        replica_acks, replica_timeout_ms: after each add, WAIT for that many replicas, that
+            long at most (``data.replica_acks``, ``data.replica_timeout_ms``; sync only).
         shared: one producer for every thread (else one per thread); its caller must then
             number and send from one thread at a time, as a combining sender or an asyncio
             task does.
     """
 
-    def __init__(self, client: Any, stream: str, *, shared: bool = False) -> None:
+    def __init__(
+        self,
+        client: Any,
+        stream: str,
+        replica_acks: int = 0,
+        replica_timeout_ms: int = 1000,
+        *,
+        shared: bool = False,
+    ) -> None:
         self.client = client
         self.stream = stream
+        self.replica_acks = replica_acks
+        self.replica_timeout_ms = replica_timeout_ms
         self._add = client.register_script(_ENQUEUE_LUA)
         self._max_len_key = keys.max_len(stream)
         self._numbering = _Numbering() if shared else _ThreadNumbering()
@@ -162,7 +176,10 @@ class StreamProducer:
         """Add numbered records in order, while the stream is under the bound, in one atomic
         step that a resend cannot repeat."""
         stream_keys, args = self._call(records)
-        return _added(self._add(keys=stream_keys, args=args))
+        reply, acked = call_replicated(
+            self.client, self._add, stream_keys, args, self.replica_acks, self.replica_timeout_ms
+        )
+        return _added(reply, acked)
 
     async def add_async(self, records: Sequence[Outgoing]) -> Added:
         """:meth:`add` on a ``redis.asyncio`` client."""
@@ -187,8 +204,8 @@ class StreamProducer:
         return stream_keys, args
 
 
-def _added(reply: Any) -> Added:
+def _added(reply: Any, acked: int = 0) -> Added:
     done, why, length, bound = reply
     if isinstance(why, bytes):
         why = why.decode("utf-8", "replace")
-    return Added(int(done), why, int(length), int(bound))
+    return Added(int(done), why, int(length), int(bound), acked)

@@ -23,11 +23,13 @@ from .. import keys
 class Entry:
     """One stream entry as read: its id, its raw fields, and how often it was delivered
     (known for entries delivered before: taken over from another consumer, or read again from
-    this consumer's pending list; else 1)."""
+    this consumer's pending list; else 1), and the partition stream it was read from (None:
+    the stream itself, ``data.partitions: 1``)."""
 
     id: bytes
     fields: dict[bytes, bytes]
     deliveries: int = 1
+    stream: str | None = None
 
 
 @dataclass(frozen=True)

@@ -22,16 +22,17 @@ is redelivered again and again alongside a poison one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from .. import keys
-from ..errors import QueueError
 from .access import check_access, worker_commands
 from .queue import Completion, Entry, Queue, consumer_name
+from .replication import ACK_LUA, call_replicated, write_then_ack
 
 # the logger name error.log lines carry, as docs/observability.md shows them
 log = logging.getLogger("zoo_serving.queue")
@@ -114,6 +115,8 @@ class RedisStreamQueue(Queue):
         consumer: this consumer's name, unique among live workers.
         result_ttl_s: lifetime of result keys.
         claim_idle_ms: entries pending this long on another consumer are taken over.
+        replica_acks, replica_timeout_ms: after each complete step, WAIT for that many
+            replicas (``data.replica_acks``), that long at most.
     """
 
     def __init__(
@@ -124,8 +127,15 @@ class RedisStreamQueue(Queue):
         consumer: str | None = None,
         result_ttl_s: int = 3600,
         claim_idle_ms: int = 30_000,
+        replica_acks: int = 0,
+        replica_timeout_ms: int = 1000,
     ) -> None:
+        from .connection import is_cluster
+
         self.client = client
+        self.replica_acks = replica_acks
+        self.replica_timeout_ms = replica_timeout_ms
+        self._cluster = is_cluster(client)
         self.stream = stream
         self.group = group
         self.consumer = consumer or consumer_name()
@@ -136,10 +146,13 @@ class RedisStreamQueue(Queue):
         self._next_claim = 0.0
         self._complete = client.register_script(_COMPLETE_LUA)
         self._refresh = client.register_script(_REFRESH_LUA)
+        self._ack = client.register_script(ACK_LUA)
         self._finished_key = keys.finished(stream)
         self._held: set[bytes] = set()  # ids read and not yet completed or released
         self._held_again: set[bytes] = set()  # those of them delivered before
         self._held_lock = threading.Lock()
+        self._completing: set[bytes] = set()  # ids inside a complete step right now
+        self._tag: str | None = None  # what read entries carry as their stream (partitions)
 
     def check_access(self) -> None:
         scripts = [(self._complete.sha, _COMPLETE_LUA), (self._refresh.sha, _REFRESH_LUA)]
@@ -161,7 +174,7 @@ class RedisStreamQueue(Queue):
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def read(self, count: int, block_ms: int) -> list[Entry]:
+    def read(self, count: int, block_ms: int | None) -> list[Entry]:
         if self._pending_from is not None:
             # entries this consumer name read before and never completed: a lost reply, a
             # restart, or entries it gave up on; those it still holds are in its pipeline
@@ -181,13 +194,19 @@ class RedisStreamQueue(Queue):
         items = self._xread_items(start, count, None)
         self._pending_from = items[-1][0] if len(items) >= count else None
         with self._held_lock:
-            entries = [Entry(eid, f) for eid, f in items if f and eid not in self._held]
+            entries = [
+                Entry(eid, f, stream=self._tag) for eid, f in items if f and eid not in self._held
+            ]
         self._count_deliveries(entries)
         return entries
 
     def _xread(self, start: str, count: int, block_ms: int | None) -> list[Entry]:
         # an entry deleted after delivery comes back as (id, None): nothing left to serve
-        return [Entry(eid, f) for eid, f in self._xread_items(start, count, block_ms) if f]
+        return [
+            Entry(eid, f, stream=self._tag)
+            for eid, f in self._xread_items(start, count, block_ms)
+            if f
+        ]
 
     def _xread_items(self, start: Any, count: int, block_ms: int | None) -> list[Any]:
         try:
@@ -215,7 +234,9 @@ class RedisStreamQueue(Queue):
             taken = self.client.xclaim(
                 self.stream, self.group, self.consumer, self.claim_idle_ms, [eid]
             )
-            entries = [Entry(i, f, int(row["times_delivered"]) + 1) for i, f in taken if f]
+            entries = [
+                Entry(i, f, int(row["times_delivered"]) + 1, self._tag) for i, f in taken if f
+            ]
             if entries:
                 log.warning(
                     "consumer %s took over 1 entry idle > %d ms (from %s, delivered %d times)",
@@ -268,6 +289,10 @@ class RedisStreamQueue(Queue):
         for start in range(0, len(held), REFRESH_CHUNK):
             chunk = held[start : start + REFRESH_CHUNK]
             lost.extend(self._refresh(keys=[self.stream], args=[self.group, self.consumer, *chunk]))
+        with self._held_lock:
+            # not lost: completed by this consumer since the snapshot, or being completed
+            # (acknowledged, its WAIT still under way)
+            lost = [eid for eid in lost if eid in self._held and eid not in self._completing]
         self._drop(lost)
         return lost
 
@@ -293,6 +318,12 @@ class RedisStreamQueue(Queue):
     def complete(self, done: Sequence[Completion]) -> int:
         if not done:
             return 0
+        written = 0
+        if self._cluster and any(c.how == keys.AS_HASH for c in done):
+            written = self._complete_elsewhere([c for c in done if c.how == keys.AS_HASH])
+            done = [c for c in done if c.how != keys.AS_HASH]
+            if not done:
+                return written
         keys_: list[Any] = [self.stream, self._finished_key]
         args: list[Any] = [self.group, self.result_ttl_ms, FINISHED_MAX]
         for c in done:
@@ -301,9 +332,58 @@ class RedisStreamQueue(Queue):
                 claim = keys.uri_claim(self.stream, c.uri) if c.how == keys.AS_LIST else c.key
             keys_.extend((c.key, claim))
             args.extend((c.entry.id, c.value, c.uri, _HOW[c.how]))
-        written = int(self._complete(keys=keys_, args=args))
+        with self._completing_now(c.entry.id for c in done):
+            reply, acked = call_replicated(
+                self.client, self._complete, keys_, args, self.replica_acks, self.replica_timeout_ms
+            )
+        self._warn_unreplicated(acked)
         self._drop(c.entry.id for c in done)
-        return written
+        return written + int(reply)
+
+    @contextlib.contextmanager
+    def _completing_now(self, ids: Iterable[bytes]) -> Iterator[None]:
+        """Ids being completed: a refresh meanwhile finds them acknowledged, which is not a
+        take-over (the complete step's WAIT can make that window long)."""
+        ids = set(ids)
+        with self._held_lock:
+            self._completing |= ids
+        try:
+            yield
+        finally:
+            with self._held_lock:
+                self._completing -= ids
+
+    def _complete_elsewhere(self, done: Sequence[Completion]) -> int:
+        """Results whose keys are in another slot of a Redis Cluster (Analytics Zoo and
+        seed-era hashes have no hash tag): written first, then their entries acknowledged.
+        Two steps, not one: a record redelivered between them writes its (same) result again,
+        so such a client may see a result rewritten, never a record acknowledged without
+        one."""
+        ids = [c.entry.id for c in done]
+        with self._completing_now(ids):
+            reply, acked = write_then_ack(
+                self.client,
+                self._ack,
+                self.stream,
+                self.group,
+                [(c.entry.id, c.key, c.value) for c in done],
+                self.result_ttl_ms,
+                (self.replica_acks, self.replica_timeout_ms),
+            )
+        self._warn_unreplicated(acked)
+        self._drop(ids)
+        return int(reply)
+
+    def _warn_unreplicated(self, acked: int) -> None:
+        if acked < self.replica_acks:
+            log.warning(
+                "results on stream %s reached %d replica(s) within %d ms, data.replica_acks is "
+                "%d: a failover now may lose them (their records are then served again)",
+                self.stream,
+                acked,
+                self.replica_timeout_ms,
+                self.replica_acks,
+            )
 
     def pending(self) -> int:
         """Entries delivered to a consumer of the group and not yet completed."""
@@ -312,64 +392,3 @@ class RedisStreamQueue(Queue):
 
     def close(self) -> None:
         self.client.close()
-
-
-#: replies that only mean the stream or its group is not there yet: nothing to count
-_NOT_YET = ("NOGROUP", "ERR no such key", "no such key")  # redis-py may drop "ERR "
-
-
-def stream_stats(client: Any, stream: str, group: str) -> dict[str, int]:
-    """Queued, lag (not yet delivered), pending (delivered, not answered) and dead-letter
-    counts of a stream; what ``zoo-serve status`` and the Prometheus gauges show. A stream or
-    group that does not exist yet counts 0.
-
-    Raises:
-        QueueError: Redis refused a count (a key of another type where the stream or the
-            dead-letter stream should be, a command the Redis user may not run), naming the
-            command, the key and Redis' error; not zeros that look like an idle stream.
-    """
-    dead_key = keys.dead_letter(stream)
-    pipe = client.pipeline(transaction=False)
-    pipe.xlen(stream)
-    pipe.xpending(stream, group)
-    pipe.xinfo_groups(stream)
-    pipe.xlen(dead_key)
-    replies = pipe.execute(raise_on_error=False)
-    asked = (f"XLEN {stream}", f"XPENDING {stream} {group}", f"XINFO GROUPS {stream}")
-    failed = [
-        f"{command}: {_redis_error(reply)}"
-        for command, reply in zip((*asked, f"XLEN {dead_key}"), replies, strict=True)
-        if isinstance(reply, Exception) and not str(reply).startswith(_NOT_YET)
-    ]
-    if failed:
-        hint = ""
-        if any("WRONGTYPE" in f for f in failed):
-            hint = "; another program holds that key: set data.stream to a name of its own"
-        elif any("NOPERM" in f for f in failed):
-            hint = "; grant the Redis user those commands on the stream's keys (ACL SETUSER)"
-        raise QueueError(
-            f"counting stream {stream} failed: {'; '.join(failed)}{hint}", stream=stream
-        )
-    queued, pending, groups, dead = replies
-    queued = queued if isinstance(queued, int) else 0
-    pending = int(pending["pending"]) if isinstance(pending, dict) else 0
-    lag = None
-    for info in groups if isinstance(groups, list) else []:
-        if info.get("name") in (group, group.encode()):
-            lag = info.get("lag")  # Redis >= 7; None when it cannot tell
-    if lag is None:  # answered entries are deleted, so the stream holds lag + pending
-        lag = max(queued - pending, 0)
-    return {
-        "queued": queued,
-        "lag": int(lag),
-        "pending": pending,
-        "dead_letter": dead if isinstance(dead, int) else 0,
-    }
-
-
-def _redis_error(exc: Exception) -> str:
-    """Redis' error as it said it (redis-py takes the NOPERM prefix off its permission error)."""
-    text = str(exc)
-    if type(exc).__name__ == "NoPermissionError" and not text.startswith("NOPERM"):
-        return f"NOPERM {text}"
-    return text

@@ -9,8 +9,8 @@ import json
 import time
 from typing import Any
 
+from ..broker.partitions import stream_stats
 from ..broker.presence import Presence
-from ..broker.streams import stream_stats
 from ..errors import QueueError, ZooServingError
 from ..observe.stats import last_minute_rate
 from ..repository.api import Models

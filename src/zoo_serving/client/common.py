@@ -11,15 +11,19 @@ from typing import Any
 
 import numpy as np
 
+from .. import keys
 from ..broker.connection import connect
 from ..broker.control import ModelControl
+from ..broker.partitions import published_partitions
 from ..broker.presence import Presence
 from ..config import Config, DataConfig, load_config
+from ..config.checks import CLUSTER_SCHEMES, SENTINEL_SCHEMES
 from ..errors import ServerError, ZooServingError
 from ..wire.native import ResultValue, decode_result
 
 DEFAULT_INPUT = "t"  # input name used when predict() gets a bare array or image
 _WINDOW = 128  # result keys looked at per round trip when waiting for many
+FAILOVER_S = 30.0  # how long a client of a Redis Cluster or Sentinel rides out a failover
 
 
 class RedisUser:
@@ -57,6 +61,37 @@ class RedisUser:
         if model is not None:
             self.stream = model_stream(self.db, self.stream, model)
         self.presence = Presence(self.db, self.stream)
+        self.partitions = published_partitions(self.db, self.stream, data.partitions)
+        self.replica_acks = data.replica_acks
+        self.replica_timeout_ms = data.replica_timeout_ms
+        src = url or data.src or ""
+        # redis-py retries a command on a lost node at once, before a replica can take over
+        # (a few seconds): a client of several nodes goes on retrying, backing off, that long
+        self._follow_s = FAILOVER_S if src.startswith(CLUSTER_SCHEMES + SENTINEL_SCHEMES) else 0.0
+
+    def _part(self, uri: str | bytes) -> str:
+        """The partition stream of ``uri``'s record (the stream itself when unsplit)."""
+        return keys.partition_of(self.stream, uri, self.partitions)
+
+    def _retrying(self, step: Any, deadline: float | None = None) -> Any:
+        """``step()``, tried again while a failover is under way (several nodes only) until
+        :data:`FAILOVER_S` or ``deadline`` (monotonic) has passed. Only for steps that may be
+        sent twice: the idempotent add, reads, pops of results not yet there."""
+        import redis.exceptions as rex
+
+        passing = (rex.ConnectionError, rex.TimeoutError, rex.ClusterDownError, rex.TryAgainError)
+        give_up = time.monotonic() + self._follow_s
+        if deadline is not None:
+            give_up = max(min(give_up, deadline), time.monotonic() + 1.0)
+        pause = 0.05
+        while True:
+            try:
+                return step()
+            except passing:
+                if time.monotonic() + pause > give_up or not self._follow_s:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -80,9 +115,15 @@ class RedisUser:
 
     def _pop(self, key: bytes, timeout: float | None) -> ResultValue | None:
         if timeout is None:
-            blob = self.db.lpop(key)
+            blob = self._retrying(lambda: self.db.lpop(key))
         else:
-            reply = self.db.blpop([key], timeout=max(timeout, 0.001))
+            deadline = time.monotonic() + timeout
+
+            def pop() -> Any:
+                left = max(deadline - time.monotonic(), 0.001)
+                return self.db.blpop([key], timeout=left)
+
+            reply = self._retrying(pop, deadline)
             blob = reply[1] if reply else None
         return None if blob is None else decode_result(blob)
 
@@ -91,30 +132,52 @@ class RedisUser:
         total; results by key.
 
         Results arrive roughly in the order records were sent, so this works on a window of
-        the oldest missing keys: take whatever of the window is there in one pipelined round
-        trip, and when nothing is, block (BLPOP) on the window until something arrives.
+        the oldest missing keys of one partition (a BLPOP's keys must share a Redis Cluster
+        slot): take whatever of the window is there in one pipelined round trip, and when
+        nothing is, block (BLPOP) on the window until something arrives.
         """
         out: dict[bytes, ResultValue] = {}
         deadline = time.monotonic() + timeout
         waiting = list(wanted)
         while waiting:
-            window = waiting[:_WINDOW]
-            pipe = self.db.pipeline(transaction=False)
-            for key in window:
-                pipe.lpop(key)
-            got = {k: b for k, b in zip(window, pipe.execute()) if b is not None}
+            tag = _hash_tag(waiting[0])
+            window = [k for k in waiting[: _WINDOW * self.partitions] if _hash_tag(k) == tag]
+            window = window[:_WINDOW]
+
+            def look(window: list[bytes] = window) -> list[Any]:
+                pipe = self.db.pipeline(transaction=False)
+                for key in window:
+                    pipe.lpop(key)
+                return list(pipe.execute())
+
+            got = {k: b for k, b in zip(window, self._retrying(look, deadline)) if b is not None}
             if not got:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                reply = self.db.blpop(window, timeout=max(remaining, 0.001))
+
+                def block(window: list[bytes] = window) -> Any:
+                    left = max(deadline - time.monotonic(), 0.001)
+                    return self.db.blpop(window, timeout=left)
+
+                reply = self._retrying(block, deadline)
                 if reply is None:
+                    if time.monotonic() < deadline:
+                        continue  # a failover cut the wait short
                     break
                 got = {reply[0]: reply[1]}
             for key, blob in got.items():
                 out[key] = decode_result(blob)
-            waiting = [k for k in window if k not in got] + waiting[len(window) :]
+            taken = set(got)
+            waiting = [k for k in waiting if k not in taken]
         return out
+
+
+def _hash_tag(key: bytes) -> bytes:
+    """The ``{...}`` part of a key: keys with the same one share a Redis Cluster slot."""
+    start = key.find(b"{")
+    end = key.find(b"}", start + 1)
+    return key[start + 1 : end] if start >= 0 and end > start + 1 else key
 
 
 def _fields(data: DataConfig) -> dict[str, Any]:

@@ -8,8 +8,9 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .. import keys
 from ..broker.producer import Added, Outgoing, StreamProducer
-from ..errors import QueueFullError
+from ..errors import QueueError, QueueFullError, ResultTimeoutError
 from ..wire import native
 from .adding import check_added, chunks, full_message, new_arena, private_records, results_of
 from .common import RedisUser, named, result_or_raise
@@ -49,13 +50,13 @@ class InputQueue(RedisUser):
         super().__init__(*args, **kwargs)
         self.wait_if_full_s = wait_if_full_s
         self.arena = new_arena(self, shared_memory)
-        self._producer = StreamProducer(self.db, self.stream)
-        # predict: one producer and one inbox for every thread, records combined into few
-        # round trips (sender.py), results read by one listener (replies.py)
-        self._shared_producer = StreamProducer(self.db, self.stream, shared=True)
-        self._sender = CombiningSender(
-            lambda records: self._send_all(records, self._shared_producer)
-        )
+        parts = keys.partition_streams(self.stream, self.partitions)
+        acks = (self.replica_acks, self.replica_timeout_ms)
+        self._producers = {part: StreamProducer(self.db, part, *acks) for part in parts}
+        # predict: one producer per partition and one inbox for every thread, records combined
+        # into few round trips (sender.py), results read by one listener (replies.py)
+        shared = {part: StreamProducer(self.db, part, *acks, shared=True) for part in parts}
+        self._sender = CombiningSender(lambda records: self._send_all(records, shared))
         self.inbox = Inbox(self.db, self.stream)
 
     def close(self) -> None:
@@ -100,38 +101,66 @@ class InputQueue(RedisUser):
         )
 
     def _send_all(
-        self, records: Iterable[Outgoing], producer: StreamProducer | None = None
+        self, records: Iterable[Outgoing], producers: dict[str, StreamProducer] | None = None
     ) -> list[str]:
-        """Send records in chunks of at most _CHUNK records and _CHUNK_BYTES; returns the
-        uris."""
+        """Send records in chunks of at most _CHUNK records and _CHUNK_BYTES, chunked per
+        partition (so N partitions cost no more round trips than one); returns the uris."""
+        producers = producers or self._producers
         uris: list[str] = []
-        for chunk in chunks(records):
-            self._send(chunk, uris, producer)
+        if len(producers) == 1:
+            (producer,) = producers.values()
+            for chunk in chunks(records):
+                self._send_part(producer, chunk, uris)
+            return uris
+        by_part: dict[str, list[Outgoing]] = {}
+        for record in records:
+            by_part.setdefault(self._part(record.uri), []).append(record)
+        for part, group in by_part.items():
+            for chunk in chunks(group):
+                self._send_part(producers[part], chunk, uris)
         return uris
 
-    def _send(
-        self, records: list[Outgoing], accepted: list[str], producer: StreamProducer | None = None
+    def _send(self, records: list[Outgoing], accepted: list[str]) -> None:
+        """Add records, partition by partition (in order within each), as far as the server's
+        bound and Redis's memory let them; wait for room up to ``wait_if_full_s``, then raise
+        QueueFullError naming what went in."""
+        by_part: dict[str, list[Outgoing]] = {}
+        for record in records:
+            by_part.setdefault(self._part(record.uri), []).append(record)
+        for part, group in by_part.items():
+            self._send_part(self._producers[part], group, accepted)
+
+    def _send_part(
+        self, producer: StreamProducer, records: list[Outgoing], accepted: list[str]
     ) -> None:
-        """Add records, in order, as far as the server's bound and Redis's memory let them;
-        wait for room up to ``wait_if_full_s``, then raise QueueFullError naming what went in."""
         import redis
 
-        producer = producer or self._producer
         producer.number(records)  # now: nothing else may send between numbers and send
         deadline = time.monotonic() + self.wait_if_full_s
         pause = 0.005
         while records:
             try:
-                added = producer.add(records)
+                # a resend after a failover adds nothing twice: the add is idempotent
+                added = self._retrying(lambda batch=records: producer.add(batch))
             except redis.exceptions.OutOfMemoryError as exc:  # before the script ran
                 added = Added(0, f"OOM {exc}", -1, 0)
+            if added.count and added.acked < self.replica_acks:
+                raise QueueError(
+                    f"records on stream {producer.stream} reached {added.acked} replica(s) "
+                    f"within data.replica_timeout_ms={self.replica_timeout_ms}, "
+                    f"data.replica_acks is {self.replica_acks}: they are on the master, and a "
+                    "failover now may lose them; retry them under new uris, or check the "
+                    "replicas",
+                    accepted=list(accepted),
+                    unconfirmed=[r.uri for r in records[: added.count]],
+                )
             accepted.extend(r.uri for r in records[: added.count])
             records = records[added.count :]
             if not records:
                 return
-            check_added(added, records, accepted, self.stream)
+            check_added(added, records, accepted, producer.stream)
             if time.monotonic() + pause > deadline:
-                raise QueueFullError(full_message(added, self.stream), accepted=list(accepted))
+                raise QueueFullError(full_message(added, producer.stream), accepted=list(accepted))
             time.sleep(pause)
             pause = min(pause * 2, 0.2)
 
@@ -178,6 +207,8 @@ class InputQueue(RedisUser):
             ResultTimeoutError: results missing after ``timeout`` seconds
                 (``details["missing"]``: how many).
         """
+        if self.partitions > 1:  # an inbox is one key, in one partition's slot
+            return self._predict_by_reply_keys(batch, timeout, return_exceptions)
         started = time.monotonic()
         slots: list[Any] = []
         place = None if self.arena is None else self.arena.placer(slots)
@@ -200,3 +231,22 @@ class InputQueue(RedisUser):
         if return_exceptions:
             return results
         return [result_or_raise(r) for r in results]
+
+    def _predict_by_reply_keys(
+        self, batch: list[Any], timeout: float, return_exceptions: bool
+    ) -> list[Any]:
+        """``predict_many`` over partitions (protocol 2): each record's result goes to a reply
+        key in its own partition's slot, waited for partition by partition."""
+        tokens, records = private_records(batch, timeout, None, model_version=self.version)
+        self._send_all(records)
+        replies = [keys.reply(self._part(r.uri), t) for r, t in zip(records, tokens)]
+        results = self._pop_many(replies, timeout)
+        missing = len(replies) - len(results)
+        if missing:
+            raise ResultTimeoutError(
+                f"{missing} of {len(replies)} results missing after {timeout}s", missing=missing
+            )
+        values = [results[k] for k in replies]
+        if return_exceptions:
+            return values
+        return [result_or_raise(r) for r in values]

@@ -22,26 +22,28 @@ class OutputQueue(RedisUser):
         With ``timeout`` (seconds), block up to that long for it instead of returning None.
         Raises the record's :class:`ZooServingError` when it failed.
         """
-        result = self._pop(keys.result(self.stream, uri), timeout)
+        result = self._pop(keys.result(self._part(uri), uri), timeout)
         return None if result is None else result_or_raise(result)
 
     def query_many(self, uris: list[str], timeout: float) -> dict[str, Any]:
         """Results of several uris, waiting up to ``timeout`` seconds in total; a failed record
         maps to its error object, a missing one is absent."""
-        by_key = {keys.result(self.stream, u): u for u in uris}
+        by_key = {keys.result(self._part(u), u): u for u in uris}
         return {by_key[k]: v for k, v in self._pop_many(list(by_key), timeout).items()}
 
     def dequeue(self) -> dict[str, Any]:
         """Every result not fetched yet, by uri (failed records map to their error object)."""
         out: dict[str, Any] = {}
-        finished = keys.finished(self.stream)
-        while True:
-            uris = self.db.lpop(finished, 1000)
-            if not uris:
-                return out
-            pipe = self.db.pipeline(transaction=False)
-            for uri in uris:
-                pipe.lpop(keys.result(self.stream, uri))
-            for uri, blob in zip(uris, pipe.execute()):
-                if blob is not None:
-                    out[uri.decode("utf-8", "replace")] = decode_result(blob)
+        for part in keys.partition_streams(self.stream, self.partitions):
+            finished = keys.finished(part)
+            while True:
+                uris = self.db.lpop(finished, 1000)
+                if not uris:
+                    break
+                pipe = self.db.pipeline(transaction=False)
+                for uri in uris:
+                    pipe.lpop(keys.result(part, uri))
+                for uri, blob in zip(uris, pipe.execute()):
+                    if blob is not None:
+                        out[uri.decode("utf-8", "replace")] = decode_result(blob)
+        return out

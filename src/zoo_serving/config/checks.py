@@ -125,16 +125,60 @@ def check_shape(key: str, value: Any) -> tuple[int, ...]:
     return dims
 
 
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")  # data.src of a Redis Cluster
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")  # data.src behind Sentinel
+
+
+def split_nodes(text: str) -> tuple[str, list[tuple[str, int]], str]:
+    """``[scheme://][user:password@]host:port,host:port[/name]`` -> (the part before the
+    hosts: scheme and credentials, the ``(host, port)`` seeds, the path without its slash).
+
+    Raises:
+        ValueError: a seed is not host:port with a port in 1-65535.
+    """
+    scheme, _, rest = text.partition("://")
+    creds, _, hosts = rest.rpartition("@")
+    hosts, _, path = hosts.partition("/")
+    seeds: list[tuple[str, int]] = []
+    for seed in hosts.split(","):
+        host, sep, port = seed.strip().rpartition(":")
+        if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(seed)
+        seeds.append((host.strip("[]"), int(port)))
+    head = f"{scheme}://{creds}@" if creds else f"{scheme}://"
+    return head, seeds, path.strip()
+
+
 def check_src(key: str, value: Any) -> str:
     text = str(value).strip()
+    if text.startswith(CLUSTER_SCHEMES + SENTINEL_SCHEMES):
+        try:
+            _head, _seeds, path = split_nodes(text)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{key}: expected host:port seeds separated by commas like "
+                f"redis+cluster://h1:7000,h2:7001 or redis+sentinel://h1:26379,h2:26379/mymaster, "
+                f"got {value!r} (bad seed {str(exc)!r})",
+                key=key,
+                value=value,
+            ) from None
+        if text.startswith(SENTINEL_SCHEMES) and not path:
+            raise ConfigError(
+                f"{key}: a redis+sentinel:// URL names the master after the sentinels, like "
+                f"redis+sentinel://h1:26379,h2:26379/mymaster, got {value!r}",
+                key=key,
+                value=value,
+            )
+        return text
     if text.startswith(("redis://", "rediss://", "unix://")):
         return text
     host, sep, port = text.rpartition(":")
     if sep and host and port.isdigit() and 0 < int(port) < 65536:
         return text
     raise ConfigError(
-        f"{key}: expected host:port (like localhost:6379) or a redis:// or rediss:// URL, "
-        f"got {value!r}",
+        f"{key}: expected host:port (like localhost:6379), a redis:// or rediss:// URL, "
+        f"redis+cluster://h1:port,h2:port (Redis Cluster) or "
+        f"redis+sentinel://h1:port,h2:port/master (Sentinel), got {value!r}",
         key=key,
         value=value,
     )

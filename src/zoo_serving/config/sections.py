@@ -50,7 +50,9 @@ class DataConfig:
     src: str | None = opt(
         None,
         check_src,
-        "host:port or redis[s]:// URL; empty: localhost:<embedded_port>, embedded if absent",
+        "host:port, redis[s]:// URL, redis[s]+cluster://h1:p1,h2:p2 (Redis Cluster) or "
+        "redis[s]+sentinel://h1:p1,h2:p2/master (Sentinel); empty: localhost:<embedded_port>, "
+        "embedded if absent",
     )
     embedded_port: int = opt(
         6379, check_redis_port, "port of the embedded redis-server used when src is empty"
@@ -72,6 +74,21 @@ class DataConfig:
     )
     max_queue_len: int = opt(
         0, int_checker(0), "bound on unprocessed records; clients get QueueFullError; 0: none"
+    )
+    partitions: int = opt(
+        1,
+        int_checker(1),
+        "streams a model's records are spread over (by uri), each in its own Redis Cluster "
+        "slot; 1: the one stream data.stream",
+    )
+    replica_acks: int = opt(
+        0,
+        int_checker(0),
+        "replicas that must have a record (WAIT) before its client is told it is in, and a "
+        "result before the worker goes on; 0: do not wait",
+    )
+    replica_timeout_ms: int = opt(
+        1000, int_checker(1), "longest WAIT for data.replica_acks replicas"
     )
 
 

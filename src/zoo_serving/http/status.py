@@ -5,7 +5,7 @@ and lag for the plots.
 
 Every figure comes from what ``zoo-serve status`` and ``/metrics`` read too: ``served`` and
 ``throughput_1m`` as ``zoo-serve status`` computes them, ``queued``, ``lag``, ``pending`` and
-``dead_letter`` from :func:`~zoo_serving.broker.streams.stream_stats`, failures by code and the
+``dead_letter`` from :func:`~zoo_serving.broker.partitions.stream_stats`, failures by code and the
 latency buckets from the heartbeats (``zoo_serving_worker_failures``,
 ``zoo_serving_worker_latency_seconds``), p50/p99 interpolated in the buckets as Prometheus's
 ``histogram_quantile`` does.
@@ -21,8 +21,8 @@ from importlib import resources
 from typing import Any
 
 from ..broker.connection import connect
+from ..broker.partitions import stream_stats
 from ..broker.presence import Presence
-from ..broker.streams import stream_stats
 from ..config import Config
 from ..observe.stats import LATENCY_BUCKETS_MS, bucket_quantile, last_minute_rate
 

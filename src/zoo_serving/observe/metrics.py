@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from ..broker.connection import connect
+from ..broker.partitions import stream_stats
 from ..broker.presence import Presence
-from ..broker.streams import stream_stats
 from ..config import Config
 from ..errors import QueueError
 from .fleet import Fleet, Totals

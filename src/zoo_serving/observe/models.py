@@ -25,8 +25,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..broker.control import ModelControl
+from ..broker.partitions import stream_stats
 from ..broker.presence import Presence
-from ..broker.streams import stream_stats
 from ..errors import QueueError
 from .fleet import Fleet
 from .stats import BATCH_BUCKETS, BATCH_SIZE, STAGE_BUCKETS, STAGES

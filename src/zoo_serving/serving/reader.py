@@ -183,7 +183,7 @@ class Reader:
     def _give_up(self, item: Item, limit: int, halt: threading.Event) -> Item | None:
         """A record delivered too often (it may kill workers): dead-letter it, answer an error.
         None when it stays pending (the worker is stopping and Redis does not answer)."""
-        dead = keys.dead_letter(self.config.data.stream)
+        dead = keys.dead_letter(item.entry.stream or self.config.data.stream)
         message = (
             f"record delivered {item.entry.deliveries} times, more than params.max_deliveries="
             f"{limit} (its workers died or stalled); moved to the dead-letter stream {dead}"

@@ -32,9 +32,9 @@ from typing import Any
 from .. import wire
 from ..backends import Model
 from ..broker.connection import connect
+from ..broker.partitions import open_queue
 from ..broker.presence import Presence
 from ..broker.queue import Queue, added_at, consumer_name
-from ..broker.streams import RedisStreamQueue
 from ..config import load_config
 from ..errors import BatchTimeoutError, VersionUnavailableError
 from ..observe.metrics import Metrics
@@ -133,13 +133,8 @@ class Worker:
             self._redis = connect(
                 cfg.data, retries=0, socket_timeout=10.0, socket_connect_timeout=5.0
             )
-            self.queue = RedisStreamQueue(
-                self._redis,
-                cfg.data.stream,
-                cfg.data.group,
-                consumer=self.name,
-                result_ttl_s=cfg.data.result_ttl_s,
-                claim_idle_ms=cfg.params.claim_idle_ms,
+            self.queue = open_queue(
+                self._redis, cfg.data, cfg.data.stream, self.name, cfg.params.claim_idle_ms
             )
         self.queue.check_access()  # a user without EVALSHA, say, fails here, not per write
         self.queue.setup(cfg.data.max_queue_len)

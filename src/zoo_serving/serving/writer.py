@@ -136,7 +136,8 @@ def completion(
     entry: Entry, reply: str, stream: str, uri: bytes, result: bytes | None
 ) -> Completion:
     """How the ``result`` of stream ``entry`` (protocol ``reply``) is written: to the key its
-    protocol and fields name (a sender's inbox prefixed with its token)."""
-    place = wire.result_place(reply, stream, uri, entry.fields)
+    protocol and fields name (a sender's inbox prefixed with its token), in the partition the
+    entry was read from."""
+    place = wire.result_place(reply, stream, uri, entry.fields, entry.stream)
     value = place.prefix + result if place.prefix and result else result
     return Completion(entry, uri, value or b"", place.key, place.how, place.claim)

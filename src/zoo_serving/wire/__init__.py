@@ -141,15 +141,22 @@ def encode_failure(kind: str, exc: BaseException) -> bytes:
 
 
 def result_place(
-    kind: str, stream: str, uri: bytes, fields: Mapping[bytes, bytes] | None = None
+    kind: str,
+    stream: str,
+    uri: bytes,
+    fields: Mapping[bytes, bytes] | None = None,
+    partition: str | None = None,
 ) -> ResultPlace:
     """Where and how the result of a record of protocol ``kind`` is written; ``fields`` (the
     stream entry's) send a native version-2 record with ``reply_to`` to its private key, and a
-    version-3 one with ``inbox`` too to its sender's inbox."""
+    version-3 one with ``inbox`` too to its sender's inbox. ``partition``: the partition
+    stream the record was read from (``data.partitions`` > 1): native results go to its keys;
+    the other protocols' keys are named after ``stream``."""
     if kind == ZOO:
         return ResultPlace(keys.zoo_result(stream, uri), HASH)
     if kind == SEED:
         return ResultPlace(keys.seed_result(uri), HASH)
+    stream = partition or stream
     token = None if fields is None else native.reply_token(fields)
     inbox = None if token is None or fields is None else native.reply_inbox(fields)
     if token is not None and inbox is not None:
