@@ -64,6 +64,24 @@ def check_spot(model: zoo_serving.Model, job: ClientJob, spot: dict[int, Any]) -
 # ------------------------------------------------------------------ measuring
 
 
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (Spark's JVM and Python workers, the client,
+    redis-server), from Linux ``/proc``; just ``pid`` where ``/proc`` is missing."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
 class ForeignCpu:
     """How much of the machine's CPU went to processes other than ours during a segment.
 

@@ -73,8 +73,22 @@ class HttpConnection:
             if ":" in line:
                 k, v = line.split(":", 1)
                 got[k.strip().lower()] = v.strip()
-        answer = await self.reader.readexactly(int(got.get("content-length", "0")))
+        if got.get("transfer-encoding", "").lower() == "chunked":  # Ray Serve's proxy
+            answer = await self._chunks()
+        else:
+            answer = await self.reader.readexactly(int(got.get("content-length", "0")))
         return int(status_line.split()[1]), got, answer
+
+    async def _chunks(self) -> bytes:
+        """A chunked body: ``<hex size>\r\n<bytes>\r\n`` until a size of 0."""
+        parts = []
+        while True:
+            size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                await self.reader.readuntil(b"\r\n")  # no trailers: the blank line
+                return b"".join(parts)
+            parts.append(await self.reader.readexactly(size))
+            await self.reader.readexactly(2)
 
     async def post_v2(self, path: str, body: bytes, headers: dict[str, str]) -> dict:
         status, got, answer = await self.post(path, body, headers)

@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 from doors_load import DoorsJob, drive, record, topn_of
-from harness import ForeignCpu, check_topn, verdict
+from harness import ForeignCpu, check_topn, descendants, verdict
 from zoo_serving import Server
 from zoo_serving.broker.embedded import ManagedRedis, free_port
 
@@ -90,7 +90,8 @@ def test_front_doors_against_the_driver(
         load.start()
         child.close()
         assert redis.process is not None
-        meter = ForeignCpu([os.getpid(), load.pid or 0, redis.process.pid])
+        # ours: this process and all below it (the load, redis-server, the door's process)
+        meter = ForeignCpu(descendants(os.getpid()))
         try:
             assert conn.poll(120) and conn.recv() == "ready"
             _ask(conn, "driver")  # warm every path once

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 import zoo_serving
+from harness import descendants
 from test_throughput import FOREIGN_MAX, TOP_N, ClientJob, ClientProcess, ForeignCpu, check_spot
 from zoo_serving import Server
 from zoo_serving.broker.embedded import ManagedRedis
@@ -45,24 +46,6 @@ def spark() -> Iterator[Any]:
         session = spark_session(config, {"spark.ui.enabled": "false"})
         yield session
         session.stop()
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it (Spark's JVM and Python workers, the client,
-    redis-server), from Linux ``/proc``; just ``pid`` where ``/proc`` is missing."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(children.get(current, []))
-    return found
 
 
 def compare(

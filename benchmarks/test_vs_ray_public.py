@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import statistics
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,18 @@ import pytest
 import zoo_serving
 from harness import check_topn
 from vs_ray import TreeCpu, record_input
-from vs_ray_public import TOP, deploy, drive, local_serve
 from zoo_serving import Server
 from zoo_serving.broker.embedded import ManagedRedis, free_port
+
+with warnings.catch_warnings():  # Ray Serve's own pydantic deprecations, raised at import
+    warnings.simplefilter("ignore")
+    from vs_ray_public import TOP, deploy, drive, local_serve
 
 pytestmark = [
     pytest.mark.timeout(600),
     pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic.*"),
+    pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince20"),
 ]
 
 CYCLES = 2
