@@ -341,16 +341,22 @@ def test_zoo_serve_models_and_status_per_model(
         assert "no model 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("partitions", [1, 3])
 def test_on_unload_fail_answers_an_unloaded_models_records_with_an_error(
-    repo: Path, redis_url: str, redis_client: Any, stream: str, tmp_path: Path
+    repo: Path, redis_url: str, redis_client: Any, stream: str, tmp_path: Path, partitions: int
 ) -> None:
     cfg = config(repo, redis_url, stream, tmp_path, **{"repository.control": "explicit"})
     cfg["repository"].update(load=["double", "neg"], on_unload="fail")
+    cfg["data"]["partitions"] = partitions
     x = np.ones(4, np.float32)
     with Server(cfg) as server, InputQueue(url=redis_url, name=stream, model="neg") as neg:
+        assert neg.partitions == partitions
         np.testing.assert_allclose(neg.predict(x, timeout=30), direct(repo / "neg/2/m.onnx", x))
         server.models.unload("neg", wait_s=60)
         with pytest.raises(ModelUnloadedError, match="model 'neg' is unloaded"):
             neg.predict(x, timeout=30)
+        # records of every partition are answered, not only the stream's own
+        answers = neg.predict_many([x] * 12, timeout=30, return_exceptions=True)
+        assert all(isinstance(a, ModelUnloadedError) for a in answers), answers
         server.models.load("neg", wait_s=60)
         np.testing.assert_allclose(neg.predict(x, timeout=30), direct(repo / "neg/2/m.onnx", x))

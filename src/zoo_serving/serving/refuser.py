@@ -8,8 +8,8 @@ import threading
 
 from .. import wire
 from ..broker.connection import connect
+from ..broker.partitions import open_queue
 from ..broker.queue import consumer_name
-from ..broker.streams import RedisStreamQueue
 from ..config import Config
 from ..errors import ModelUnloadedError
 from .writer import completion
@@ -45,14 +45,9 @@ class Refuser:
     def _loop(self) -> None:
         cfg = self.config
         client = connect(cfg.data, retries=0, socket_timeout=10.0)
-        queue = RedisStreamQueue(
-            client,
-            self.stream,
-            cfg.data.group,
-            consumer=consumer_name(f"unloaded-{self.name}"),
-            result_ttl_s=cfg.data.result_ttl_s,
-            claim_idle_ms=cfg.params.claim_idle_ms,
-        )
+        consumer = consumer_name(f"unloaded-{self.name}")
+        # every partition of the model's stream (data.partitions), as its workers read them
+        queue = open_queue(client, cfg.data, self.stream, consumer, cfg.params.claim_idle_ms)
         error = ModelUnloadedError(
             f"model {self.name!r} is unloaded and repository.on_unload is 'fail': its records "
             "are answered with this error until it is loaded again"
