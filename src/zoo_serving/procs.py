@@ -117,6 +117,19 @@ def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
     return preexec
 
 
+def stop_child(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM a child this process started, wait up to ``timeout_s`` for it, then SIGKILL it;
+    reaped either way (nothing when it had ended already)."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def terminate(pid: int, timeout_s: float, *, is_ours: Callable[[], bool]) -> bool:
     """SIGTERM ``pid``, wait up to ``timeout_s`` for it to end, then SIGKILL it; each signal
     only while ``is_ours()`` still holds. True when it is gone."""

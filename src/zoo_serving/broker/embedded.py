@@ -286,13 +286,7 @@ class ManagedRedis:
         if proc is None:
             return
         try:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout_s)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            procs.stop_child(proc, timeout_s)
         finally:
             self._release.set()
             if proc.stderr:  # also when it had died already: the pipe is ours to close

@@ -14,13 +14,13 @@ import json
 import logging
 import os
 import select
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from .. import procs
 from ..config import Config
 from .common import (
     EXIT_FAILED,
@@ -205,13 +205,7 @@ def _interrupted(cfg: Config, proc: subprocess.Popen[bytes]) -> int:
         f"\nzoo-serve: interrupted; stopping the starting server (pid {proc.pid})", file=sys.stderr
     )
     try:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(INTERRUPT_STOP_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        procs.stop_child(proc, INTERRUPT_STOP_S)
     except KeyboardInterrupt:
         proc.kill()
         proc.wait()
