@@ -224,6 +224,22 @@ def pending_of(plane: Plane, stream: str, consumer: str) -> int:
     )
 
 
+def stop_while_holding(pid: int, held: Callable[[], int], timeout_s: float = 30) -> int:
+    """Freeze process ``pid`` (SIGSTOP) at a moment ``held()`` records are delivered to it and
+    not acknowledged, and return that count: a frozen worker cannot acknowledge, so a kill
+    that follows leaves exactly those records behind (a kill between two batches would
+    leave none, and prove nothing about taking them over)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        os.kill(pid, signal.SIGSTOP)
+        count = held()
+        if count > 0:
+            return count
+        os.kill(pid, signal.SIGCONT)
+        assert time.monotonic() < deadline, f"pid {pid} never held a record"
+        time.sleep(0.003)
+
+
 def check_results(
     results: dict[str, Any],
     plane: Plane,
@@ -351,10 +367,10 @@ def test_processes_a_worker_killed_mid_run_is_restarted_and_nothing_is_lost(
 
     def kill_one() -> None:
         pid = server.runner.pids[0]  # type: ignore[union-attr]
+        consumer = f"{socket.gethostname()}-{pid}-1"
+        orphaned.append(stop_while_holding(pid, lambda: pending_of(plane, stream, consumer)))
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
-        time.sleep(0.1)
-        orphaned.append(pending_of(plane, stream, f"{socket.gethostname()}-{pid}-1"))
 
     with Server(raw) as server:
         results = run_load(plane, stream, xs, n, during=kill_one)
@@ -380,11 +396,13 @@ def test_ray_an_actor_killed_mid_run_loses_nothing(
 
     def kill_one() -> None:
         runner: Any = server.runner
-        ray.kill(runner.actors[0])
-        time.sleep(0.5)  # ray.kill returns before the actor is gone
+        info = runner.workers_info[0]
+        plane = one_redis(redis_url, redis_client)
         orphaned.append(
-            pending_of(one_redis(redis_url, redis_client), stream, runner.workers_info[0]["name"])
+            stop_while_holding(info["pid"], lambda: pending_of(plane, stream, info["name"]))
         )
+        ray.kill(runner.actors[0])
+        os.kill(info["pid"], signal.SIGKILL)  # frozen, it cannot take Ray's word to go
 
     with Server(raw) as server:
         results = run_load(one_redis(redis_url, redis_client), stream, xs, n, during=kill_one)
