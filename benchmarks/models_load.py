@@ -1,11 +1,11 @@
-"""Machinery of ``test_models.py``: a repository of MLPs of chosen cost, and load drivers, one
-process per model, each an open or closed loop of :mod:`zoo_serving.bench` on the model's own
-stream (so one model's driver never shares a GIL with another's)."""
+"""Machinery of ``test_models.py``: a repository of MLPs of chosen cost, and load drivers: an
+open or closed loop of :mod:`zoo_serving.bench` per model on the model's own stream, all in one
+process (a thread each) unless asked apart, and repeated interleaved runs."""
 
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,42 +68,89 @@ class Load:
     clients: int = 0
 
 
-def _child(conn: Any, url: str, load: Load, duration_s: float, warmup_s: float) -> None:
+def _one(url: str, load: Load, duration_s: float, warmup_s: float) -> Any:
     from zoo_serving.bench import closed_loop, open_loop
 
+    common = dict(duration_s=duration_s, warmup_s=warmup_s, server_split=False)
+    if load.clients:
+        return closed_loop(url, load.stream, inputs(), clients=load.clients, **common)
+    return open_loop(url, load.stream, inputs(), rate=load.rate, **common)
+
+
+def _child(
+    conn: Any, url: str, loads: Mapping[str, Load], duration_s: float, warmup_s: float
+) -> None:
+    """Every load of ``loads`` at once, a thread each; their points (or the first error)."""
+    import threading
+
+    out: dict[str, Any] = {}
+
+    def run(name: str, load: Load) -> None:
+        try:
+            out[name] = _one(url, load, duration_s, warmup_s)
+        except BaseException as exc:  # the parent raises it
+            out[name] = exc
+
     try:
-        common = dict(duration_s=duration_s, warmup_s=warmup_s, server_split=False)
-        if load.clients:
-            point = closed_loop(url, load.stream, inputs(), clients=load.clients, **common)
-        else:
-            point = open_loop(url, load.stream, inputs(), rate=load.rate, **common)
-        conn.send(("ok", point))
-    except BaseException as exc:  # the parent raises it
-        conn.send(("error", repr(exc)))
+        threads = [threading.Thread(target=run, args=item) for item in loads.items()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        errors = [f"{n}: {v!r}" for n, v in out.items() if isinstance(v, BaseException)]
+        conn.send(("error", "; ".join(errors)) if errors else ("ok", out))
     finally:
         conn.close()
 
 
 def drive(
-    url: str, loads: Mapping[str, Load], duration_s: float, warmup_s: float = 1.0
+    url: str,
+    loads: Mapping[str, Load],
+    duration_s: float,
+    warmup_s: float = 1.0,
+    apart: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Run every load at once, one process each; their :class:`LoadPoint` by name."""
+    """Run every load at once: those named in ``apart`` in a process each, the others in one
+    process together, a thread each (so that "one model alone" and "four together" are driven
+    by as many processes, and the comparison measures the server, not its load generators
+    fighting over two cores); their :class:`LoadPoint` by name."""
     ctx = multiprocessing.get_context("spawn")
+    groups = [{n: loads[n]} for n in apart]
+    shared = {n: load for n, load in loads.items() if n not in apart}
+    if shared:
+        groups.append(shared)
     running = []
-    for name, load in loads.items():
+    for group in groups:
         reader, writer = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_child, args=(writer, url, load, duration_s, warmup_s))
+        proc = ctx.Process(target=_child, args=(writer, url, group, duration_s, warmup_s))
         proc.start()
         writer.close()
-        running.append((name, proc, reader))
-    out = {}
-    for name, proc, reader in running:
+        running.append((proc, reader))
+    out: dict[str, Any] = {}
+    for proc, reader in running:
         kind, value = reader.recv()
         proc.join(60)
         if kind != "ok":
-            raise RuntimeError(f"load on {name} failed: {value}")
-        out[name] = value
+            raise RuntimeError(f"load failed: {value}")
+        out.update(value)
     return out
+
+
+def rounds(
+    runs: Mapping[str, Callable[[], Mapping[str, Any]]], times: int
+) -> dict[str, list[Mapping[str, Any]]]:
+    """Each of ``runs`` ``times`` times, interleaved (``a b c a b c ...``), so that a slow
+    patch of a shared machine falls on every condition alike; each run's results in order."""
+    out: dict[str, list[Mapping[str, Any]]] = {name: [] for name in runs}
+    for _ in range(times):
+        for name, run in runs.items():
+            out[name].append(run())
+    return out
+
+
+def median_p99(points: Sequence[Any]) -> float:
+    """The median over runs of each run's p99 (ms)."""
+    return float(np.median([p99(point) for point in points]))
 
 
 def p99(point: Any) -> float:

@@ -3,9 +3,11 @@ hot swap cost the others, memory over load / unload cycles, a repository denser 
 memory budget. Ratios are measured in one run on one machine; absolute figures are reported,
 never asserted (``ZOO_BENCH_GATE=1`` turns the targets into assertions).
 
-Every model is an MLP on 256 floats (``models_load.mlp``); each model's load comes from a
-process of its own (an open loop at a fixed rate, or a closed loop), so latency is from when
-each record was due.
+Every model is an MLP on 256 floats (``models_load.mlp``); the models' loads come from one
+process, a thread each (an open loop at a fixed rate, or a closed loop), so latency is from when
+each record was due, and "alone" and "together" are driven by as many processes. This 2-core
+VM's neighbours take up to a sixth of it for seconds at a time, so each condition runs
+``ZOO_BENCH_ROUNDS`` times, interleaved, and a ratio is of the medians of the runs' p99s.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models_load import Load, drive, inputs, p99, repository
+from models_load import Load, drive, inputs, median_p99, p99, repository, rounds
 from zoo_serving import InputQueue, Server, keys
 from zoo_serving.broker.connection import connect
 from zoo_serving.broker.control import ModelControl
@@ -32,6 +34,7 @@ pytestmark = [pytest.mark.timeout(900), pytest.mark.filterwarnings("default::Use
 
 GATE = os.environ.get("ZOO_BENCH_GATE") == "1"
 DURATION_S = float(os.environ.get("ZOO_BENCH_DURATION_S", "8"))  # per measured window
+ROUNDS = int(os.environ.get("ZOO_BENCH_ROUNDS", "3"))  # interleaved runs of each condition
 SIZES = {"a": 256, "b": 512, "c": 768, "d": 1024}  # four MLPs of different cost
 
 
@@ -68,37 +71,42 @@ def test_isolation_between_four_models(
     benchmark: Any, redis: ManagedRedis, tmp_path: Path, report_line: Callable[[str], None]
 ) -> None:
     """Target 1: each of 4 models under steady load keeps its p99 within 1.25x of its p99
-    served alone at the same rate; one model saturated raises a light model's p99 by <= 1.5x."""
+    served alone at the same rate; one model saturated raises a light model's p99 by <= 1.5x.
+    Each condition runs ROUNDS times, interleaved; the ratio is of the medians of the p99s."""
     root = repository(tmp_path / "models", SIZES)
     rates = {"a": 150.0, "b": 100.0, "c": 60.0, "d": 40.0}
     with Server(config(root, redis, tmp_path)):
         where = streams(redis)
         loads = {n: Load(where[n], rate=r) for n, r in rates.items()}
-
-        def together() -> dict[str, Any]:
-            return drive(redis.url, loads, DURATION_S)
-
-        drive(redis.url, loads, 2.0)  # warm every model and the allocator first
-        alone = {n: drive(redis.url, {n: load}, DURATION_S)[n] for n, load in loads.items()}
-        mixed = benchmark.pedantic(together, rounds=1, iterations=1)
-        heavy = drive(
-            redis.url,
-            {"d": Load(where["d"], clients=32), "a": Load(where["a"], rate=rates["a"])},
-            DURATION_S,
+        saturating = Load(where["d"], clients=32)
+        runs: dict[str, Callable[[], dict[str, Any]]] = {
+            f"alone {n}": lambda n=n: drive(redis.url, {n: loads[n]}, DURATION_S)  # type: ignore[misc]
+            for n in loads
+        }
+        runs["together"] = lambda: drive(redis.url, loads, DURATION_S)
+        runs["heavy"] = lambda: drive(
+            redis.url, {"d": saturating, "a": loads["a"]}, DURATION_S, apart=("d",)
         )
+        drive(redis.url, loads, 2.0)  # warm every model and the allocator first
+        got = benchmark.pedantic(lambda: rounds(runs, ROUNDS), rounds=1, iterations=1)
+    alone = {n: median_p99([r[n] for r in got[f"alone {n}"]]) for n in rates}
     for name in rates:
-        ratio = p99(mixed[name]) / p99(alone[name])
+        mixed = median_p99([r[name] for r in got["together"]])
+        ratio = mixed / alone[name]
         line = (
             f"isolation: model {name} at {rates[name]:g} rec/s, p99 with 4 models / alone = "
-            f"{ratio:.2f} ({p99(mixed[name]):.2f} / {p99(alone[name]):.2f} ms) [target <= 1.25]"
+            f"{ratio:.2f} ({mixed:.2f} / {alone[name]:.2f} ms, medians of {ROUNDS} interleaved "
+            "runs) [target <= 1.25]"
         )
         report_line(line)
         target(ratio <= 1.25, line)
-    ratio = p99(heavy["a"]) / p99(alone["a"])
+    heavy = median_p99([r["a"] for r in got["heavy"]])
+    ratio = heavy / alone["a"]
+    through = np.median([r["d"].throughput for r in got["heavy"]])
     line = (
         f"isolation: light model a at {rates['a']:g} rec/s beside model d saturated (32 in "
-        f"flight, {heavy['d'].throughput:.0f} rec/s): p99 / alone = {ratio:.2f} "
-        f"({p99(heavy['a']):.2f} / {p99(alone['a']):.2f} ms) [target <= 1.5]"
+        f"flight, {through:.0f} rec/s): p99 / alone = {ratio:.2f} "
+        f"({heavy:.2f} / {alone['a']:.2f} ms, medians of {ROUNDS}) [target <= 1.5]"
     )
     report_line(line)
     target(ratio <= 1.5, line)
@@ -143,7 +151,6 @@ def test_a_load_is_quick_and_others_hardly_notice(
     with Server(cfg) as server:
         where = streams(redis)
         loads = {n: Load(where[n], rate=r) for n, r in rates.items()}
-        quiet = drive(redis.url, loads, DURATION_S)
         took: list[float] = []
 
         def cycling() -> dict[str, Any]:
@@ -157,7 +164,8 @@ def test_a_load_is_quick_and_others_hardly_notice(
             finally:
                 loader.join()
 
-        busy = benchmark.pedantic(cycling, rounds=1, iterations=1)
+        runs = {"quiet": lambda: drive(redis.url, loads, DURATION_S), "busy": cycling}
+        got = benchmark.pedantic(lambda: rounds(runs, ROUNDS), rounds=1, iterations=1)
         load_s = [w.get("load_s", 0.0) for w in server.models.get("e").workers.values()]
     loads_done = len(took[::2])
     cold = max(load_s) if load_s else float("nan")
@@ -169,10 +177,13 @@ def test_a_load_is_quick_and_others_hardly_notice(
     report_line(line)
     target(cold <= 1.0, line)
     for name in rates:
-        ratio = p99(busy[name]) / p99(quiet[name])
+        busy = median_p99([r[name] for r in got["busy"]])
+        quiet = median_p99([r[name] for r in got["quiet"]])
+        ratio = busy / quiet
         line = (
             f"load: model {name} p99 while e loads and unloads every 0.5 s / without = "
-            f"{ratio:.2f} ({p99(busy[name]):.2f} / {p99(quiet[name]):.2f} ms) [target <= 1.2]"
+            f"{ratio:.2f} ({busy:.2f} / {quiet:.2f} ms, medians of {ROUNDS} interleaved runs) "
+            "[target <= 1.2]"
         )
         report_line(line)
         target(ratio <= 1.2, line)

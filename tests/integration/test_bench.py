@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,36 @@ def test_open_loop_keeps_its_rate_and_returns_tensors(
     assert len(point.samples) == 6
     for index, served in point.samples:
         np.testing.assert_allclose(served, direct[index], rtol=0, atol=1e-5)
+
+
+def test_open_loop_sends_on_schedule_while_no_answer_comes(redis_url, redis_client, stream) -> None:
+    """Records due while others are out go out when due. (Redis ends a blocking read's
+    timeout only at its next hz tick, 100 ms by default: a loop that waited for answers with
+    a "until the next record is due" timeout sent in bursts, one every 100 ms.)"""
+    from zoo_serving.bench.driver import Driver, Job
+    from zoo_serving.config import DataConfig
+
+    job = Job(
+        data=DataConfig(src=redis_url, stream=stream),
+        url=redis_url,
+        stream=stream,
+        inputs=({"x": np.zeros(4, np.float32)},),
+        mode="open",
+        rate=100.0,
+        duration_s=1.0,
+        timeout_s=0.2,
+    )
+    driver = Driver(job).prepare()  # nothing serves the stream: every record stays out
+    try:
+        out = driver.run(time.time())
+    finally:
+        driver.close()
+    assert 99 <= out.sent <= 101 and out.answered == 0  # every record due in the window
+    sent_ms = [int(eid.split(b"-")[0]) for eid, _ in redis_client.xrange(stream)]
+    assert len(sent_ms) == out.sent
+    gaps = np.diff(sent_ms)
+    assert 5 <= np.median(gaps) <= 20, f"sent in bursts: gaps {sorted(gaps)[-10:]} ms"
+    assert np.count_nonzero(gaps > 60) < 10, f"sent in bursts: gaps {sorted(gaps)[-10:]} ms"
 
 
 def test_load_split_over_spawned_processes(serve, onnx_model_dir, redis_url, stream) -> None:

@@ -188,6 +188,24 @@ def test_explicit_load_and_unload_keep_queued_records_and_lose_none(
     assert redis_client.xpending(neg_stream, "serving")["pending"] == 0
 
 
+def test_a_load_and_an_unload_are_published_as_they_happen(
+    repo: Path, redis_url: str, stream: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A caller waiting on a load sees it done when it is, not at the next periodic publish
+    of the workers' model states (here never: an hour away)."""
+    from zoo_serving.serving import host
+
+    monkeypatch.setattr(host, "PUBLISH_S", 3600.0)
+    cfg = config(repo, redis_url, stream, tmp_path, **{"repository.control": "explicit"})
+    cfg["repository"]["load"] = ["double"]
+    with Server(cfg) as server:
+        assert server.models.load("neg", [1], wait_s=20).state == "ready"
+        with InputQueue(url=redis_url, name=stream, model="neg") as neg:
+            got = neg.predict(np.ones(4, np.float32), timeout=20)
+        np.testing.assert_allclose(got, direct(repo / "neg/1/m.onnx", np.ones(4, np.float32)))
+        assert server.models.unload("neg", wait_s=20).state == "unloaded"
+
+
 def test_load_and_unload_need_explicit_control(
     repo: Path, redis_url: str, stream: str, tmp_path: Path
 ) -> None:

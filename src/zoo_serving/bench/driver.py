@@ -10,7 +10,10 @@ Closed loop: ``clients`` records in flight; each result that comes back sends th
 Open loop: records go out on a schedule (``rate`` per second, checked every round, at least
 every millisecond), and a record's latency counts from when it was *due*, so a client that
 fell behind its schedule, or a server that made it wait, shows in the latency (no coordinated
-omission).
+omission). Its results come back through an inbox (native protocol 3) that a listener thread
+reads with a blocking read that no timeout has to end: Redis ends a blocking read's timeout
+only at its next ``hz`` tick (100 ms by default), so a loop that blocked for "the 6 ms until the
+next record is due" would send that record up to 94 ms late whenever no result woke it.
 
 Every record carries a deadline (``timeout_s`` after it was sent): a server that fell far
 behind answers the stale ones with ``deadline_exceeded`` without running them, so a backlog
@@ -20,6 +23,8 @@ left by one load level does not spill into the next.
 from __future__ import annotations
 
 import math
+import queue
+import threading
 import time
 import traceback
 import uuid
@@ -32,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from .. import keys
+from ..client.replies import WAKE
 from ..config import DataConfig
 from ..errors import BrokerConnectionError, ServerError, ZooServingError
 from ..wire import native as protocol
@@ -106,6 +112,7 @@ class Driver:
         self._out = Outcome(np.empty(0))
         self._measured_sent = 0
         self._stopped_at = math.inf  # when the last record was sent
+        self._inbox: _InboxReader | None = None  # open loop: where the results come back
 
     def prepare(self) -> Driver:
         """Connect, and encode every input once (a record's uri and deadline change per send)."""
@@ -114,9 +121,19 @@ class Driver:
         job = self.job
         self.db = connect(job.data, url=job.url, socket_timeout=None, socket_connect_timeout=5.0)
         self._fields = [protocol.encode_request(b"", dict(x)) for x in job.inputs]
+        if job.mode == "open":
+            inbox = f"bench-{job.tag}".encode()
+            self._fields = [
+                protocol.encode_request(b"", dict(x), reply_to=b"-", inbox=inbox)
+                for x in job.inputs
+            ]
+            listen = connect(job.data, url=job.url, socket_timeout=None, socket_connect_timeout=5.0)
+            self._inbox = _InboxReader(listen, keys.inbox(job.stream, inbox))
         return self
 
     def close(self) -> None:
+        if self._inbox is not None:
+            self._inbox.stop(self.db)
         if self.db is not None:
             self.db.close()
 
@@ -136,6 +153,8 @@ class Driver:
         import redis
 
         try:
+            if self._inbox is not None:
+                self._inbox.start()
             return self._loop()
         except redis.exceptions.RedisError as exc:
             from ..broker.connection import redis_url, safe_url
@@ -215,9 +234,13 @@ class Driver:
             fields = dict(self._fields[index])
             fields[protocol.F_URI] = uri
             fields[protocol.F_DEADLINE] = deadline_ms
+            if self._inbox is not None:
+                fields[protocol.F_REPLY_TO] = uri
             pipe.xadd(job.stream, fields)
-            new.append((keys.result(job.stream, uri), due, index, measured))
+            new.append((uri if self._inbox else keys.result(job.stream, uri), due, index, measured))
             self._measured_sent += measured
+        if self._inbox is not None:
+            return self._send_and_take(pipe, new)
         window = list(islice(self._flight, self._reach))
         for key in window:
             pipe.lpop(key)
@@ -235,14 +258,41 @@ class Driver:
             self._reach = min(WINDOW, hits[-1] + 1 + MARGIN)
         return len(hits)
 
+    def _send_and_take(self, pipe: Any, new: list[tuple[bytes, float, int, bool]]) -> int:
+        """Open loop: send ``new``, then take the results the listener has received."""
+        if new:
+            pipe.execute()
+            sent_at = time.monotonic()
+            for token, due, index, measured in new:
+                self._flight[token] = (min(due, sent_at), index, measured)
+            if new[-1][3]:
+                self._out.last_send_s = sent_at - self._t_measure
+        assert self._inbox is not None
+        return self._take(self._inbox.take(0.0))
+
+    def _take(self, got: tuple[float, list[bytes]] | None) -> int:
+        if got is None:
+            return 0
+        at, blobs = got
+        hits = 0
+        for blob in blobs:
+            token, _, result = blob.partition(b"\n")
+            if token in self._flight:
+                self._complete(token, result, at)
+                hits += 1
+        return hits
+
     def _block(self, now: float) -> None:
-        """Wait (BLPOP) for the first result of the oldest records in flight, no longer than
-        until the next record is due."""
+        """Wait for the first result of the oldest records in flight, no longer than until
+        the next record is due."""
         wait = POLL_S
         if self.job.mode == "open" and self._sending(now):
             wait = min(wait, self._next_due - time.monotonic())
             if wait <= 0:
                 return  # records are due
+        if self._inbox is not None:
+            self._take(self._inbox.take(wait))
+            return
         window = list(islice(self._flight, WINDOW))
         reply = self.db.blpop(window, timeout=max(wait, TICK_S))
         if reply is not None:
@@ -277,6 +327,68 @@ class Driver:
         out.latencies_s = np.frombuffer(self._latencies, dtype=np.float64).copy()
         out.busy = busy
         return out
+
+
+class _InboxReader:
+    """A thread that takes an open loop's results from its inbox as they land, noting when
+    each read returned, so the loop can wait for them with a timeout Python keeps."""
+
+    def __init__(self, db: Any, key: bytes) -> None:
+        self.db = db
+        self.key = key
+        self._got: queue.SimpleQueue[tuple[float, list[bytes]] | BaseException] = (
+            queue.SimpleQueue()
+        )
+        self._stop = False
+        self._thread = threading.Thread(target=self._listen, name="zoo-bench-inbox", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def take(self, timeout_s: float) -> tuple[float, list[bytes]] | None:
+        """What the listener received, waiting at most ``timeout_s`` for a first read (all
+        reads waiting are merged); None if nothing came."""
+        try:
+            first = self._got.get(timeout=timeout_s) if timeout_s > 0 else self._got.get_nowait()
+        except queue.Empty:
+            return None
+        reads = [first]
+        while True:
+            try:
+                reads.append(self._got.get_nowait())
+            except queue.Empty:
+                break
+        for read in reads:
+            if isinstance(read, BaseException):
+                raise read
+        return reads[-1][0], [b for _, blobs in reads for b in blobs]  # type: ignore[misc]
+
+    def stop(self, db: Any) -> None:
+        """End the listener: an empty entry wakes its blocking read."""
+        self._stop = True
+        if self._thread.is_alive():
+            try:
+                db.rpush(self.key, WAKE)
+                db.pexpire(self.key, 60_000)
+            except Exception:  # Redis away: the read ends with its connection
+                pass
+            self._thread.join(5)
+        if not self._thread.is_alive():
+            db.delete(self.key)  # late results and the wake-up
+        self.db.close()
+
+    def _listen(self) -> None:
+        try:
+            while not self._stop:
+                first = self.db.blpop([self.key], timeout=0)
+                at = time.monotonic()
+                blobs = [first[1], *(self.db.lpop(self.key, 1024) or [])]
+                blobs = [b for b in blobs if b != WAKE]
+                if blobs:
+                    self._got.put((at, blobs))
+        except BaseException as exc:  # the loop raises it
+            if not self._stop:
+                self._got.put(exc)
 
 
 class _Busy:

@@ -37,8 +37,8 @@ from .worker import Worker
 
 log = logging.getLogger("zoo_serving.worker")
 
-TICK_S = 0.2  # how often the host looks at the wanted state and at evicted models' streams
-PUBLISH_S = 1.0  # how often it publishes its models' states
+TICK_S = 0.05  # how often the host looks at the wanted state and at evicted models' streams
+PUBLISH_S = 1.0  # how often it publishes its models' states (at once when one changes)
 
 
 class ModelHost:
@@ -78,6 +78,7 @@ class ModelHost:
         self._gen = -1
         self._wanted: dict[str, dict[str, Any]] = {}
         self._published = 0.0
+        self._published_states: Any = None  # each model's (state, versions) when last published
         self._refusers: dict[str, Refuser] = {}
         self.table = ModelTable(
             config,
@@ -294,9 +295,14 @@ class ModelHost:
     def _publish(self, *, force: bool = False, gone: bool = False) -> None:
         """This host's models' states, for ``zoo-serve models list`` and /metrics."""
         now = time.monotonic()
-        if self._redis is None or (not force and now - self._published < PUBLISH_S):
+        with self.table.lock:
+            states = {
+                n: (m.state, list(m.versions), m.current) for n, m in self.table.models.items()
+            }
+        moved = states != self._published_states  # a load or an unload waits on this
+        if self._redis is None or (not force and not moved and now - self._published < PUBLISH_S):
             return
-        self._published = now
+        self._published, self._published_states = now, states
         key = keys.model_states(self.config.data.stream)
         try:
             if gone:
