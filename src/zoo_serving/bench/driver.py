@@ -23,8 +23,6 @@ left by one load level does not spill into the next.
 from __future__ import annotations
 
 import math
-import queue
-import threading
 import time
 import traceback
 import uuid
@@ -37,10 +35,10 @@ from typing import Any
 import numpy as np
 
 from .. import keys
-from ..client.replies import WAKE
 from ..config import DataConfig
 from ..errors import BrokerConnectionError, ServerError, ZooServingError
 from ..wire import native as protocol
+from .inbox import InboxReader
 
 WINDOW = 128  # most result keys looked at in one round trip
 MARGIN = 16  # keys looked at past the newest result the last round found
@@ -112,7 +110,7 @@ class Driver:
         self._out = Outcome(np.empty(0))
         self._measured_sent = 0
         self._stopped_at = math.inf  # when the last record was sent
-        self._inbox: _InboxReader | None = None  # open loop: where the results come back
+        self._inbox: InboxReader | None = None  # open loop: where the results come back
 
     def prepare(self) -> Driver:
         """Connect, and encode every input once (a record's uri and deadline change per send)."""
@@ -128,7 +126,7 @@ class Driver:
                 for x in job.inputs
             ]
             listen = connect(job.data, url=job.url, socket_timeout=None, socket_connect_timeout=5.0)
-            self._inbox = _InboxReader(listen, keys.inbox(job.stream, inbox))
+            self._inbox = InboxReader(listen, keys.inbox(job.stream, inbox))
         return self
 
     def close(self) -> None:
@@ -327,68 +325,6 @@ class Driver:
         out.latencies_s = np.frombuffer(self._latencies, dtype=np.float64).copy()
         out.busy = busy
         return out
-
-
-class _InboxReader:
-    """A thread that takes an open loop's results from its inbox as they land, noting when
-    each read returned, so the loop can wait for them with a timeout Python keeps."""
-
-    def __init__(self, db: Any, key: bytes) -> None:
-        self.db = db
-        self.key = key
-        self._got: queue.SimpleQueue[tuple[float, list[bytes]] | BaseException] = (
-            queue.SimpleQueue()
-        )
-        self._stop = False
-        self._thread = threading.Thread(target=self._listen, name="zoo-bench-inbox", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def take(self, timeout_s: float) -> tuple[float, list[bytes]] | None:
-        """What the listener received, waiting at most ``timeout_s`` for a first read (all
-        reads waiting are merged); None if nothing came."""
-        try:
-            first = self._got.get(timeout=timeout_s) if timeout_s > 0 else self._got.get_nowait()
-        except queue.Empty:
-            return None
-        reads = [first]
-        while True:
-            try:
-                reads.append(self._got.get_nowait())
-            except queue.Empty:
-                break
-        for read in reads:
-            if isinstance(read, BaseException):
-                raise read
-        return reads[-1][0], [b for _, blobs in reads for b in blobs]  # type: ignore[misc]
-
-    def stop(self, db: Any) -> None:
-        """End the listener: an empty entry wakes its blocking read."""
-        self._stop = True
-        if self._thread.is_alive():
-            try:
-                db.rpush(self.key, WAKE)
-                db.pexpire(self.key, 60_000)
-            except Exception:  # Redis away: the read ends with its connection
-                pass
-            self._thread.join(5)
-        if not self._thread.is_alive():
-            db.delete(self.key)  # late results and the wake-up
-        self.db.close()
-
-    def _listen(self) -> None:
-        try:
-            while not self._stop:
-                first = self.db.blpop([self.key], timeout=0)
-                at = time.monotonic()
-                blobs = [first[1], *(self.db.lpop(self.key, 1024) or [])]
-                blobs = [b for b in blobs if b != WAKE]
-                if blobs:
-                    self._got.put((at, blobs))
-        except BaseException as exc:  # the loop raises it
-            if not self._stop:
-                self._got.put(exc)
 
 
 class _Busy:
