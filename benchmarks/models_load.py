@@ -148,9 +148,31 @@ def rounds(
     return out
 
 
+def quietest_p99(points: Sequence[Any]) -> float:
+    """The lowest of the runs' p99s (ms): the run the VM's neighbours disturbed least."""
+    return float(min(p99(point) for point in points))
+
+
 def median_p99(points: Sequence[Any]) -> float:
     """The median over runs of each run's p99 (ms)."""
     return float(np.median([p99(point) for point in points]))
+
+
+def steal() -> tuple[float, float]:
+    """CPU seconds (all cores) so far: (stolen by the hypervisor, total), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    return (fields[7] if len(fields) > 7 else 0.0), sum(fields)
+
+
+def steal_share(since: tuple[float, float]) -> float:
+    """The share of the CPU the hypervisor took since ``since`` (a :func:`steal` reading)."""
+    now = steal()
+    total = now[1] - since[1]
+    return (now[0] - since[0]) / total if total > 0 else 0.0
 
 
 def p99(point: Any) -> float:

