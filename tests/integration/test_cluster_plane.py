@@ -11,7 +11,7 @@ from typing import Any
 
 from conftest import jpeg
 from helpers import assert_top_n, decoded_image, onnx_direct
-from zoo_serving import Server
+from zoo_serving import Server, keys
 
 
 def test_seed_era_clients_are_answered_on_every_plane(
@@ -84,13 +84,112 @@ def test_predict_from_threads_on_every_plane(
         )
 
 
-def test_the_asyncio_client_names_data_src_when_given_many_nodes() -> None:
+def test_the_asyncio_client_and_the_http_door_on_every_plane(
+    plane: Any, onnx_model_dir: Path, tmp_path: Path
+) -> None:
+    """``AsyncInputQueue`` predicts and enqueues by uri on one Redis and on a Redis Cluster
+    (1 and 3 partitions): records by uri land in the partition the synchronous clients pick,
+    so each kind finds the other's results; the HTTP door serves on the same plane. Every
+    answer is ONNX Runtime's own."""
+    import asyncio
+
+    import httpx
+    import numpy as np
+
+    from zoo_serving import InputQueue, OutputQueue
+    from zoo_serving.aio import AsyncInputQueue, AsyncOutputQueue
+    from zoo_serving.broker.embedded import free_port
+
+    raw = {
+        "model": {"path": str(onnx_model_dir)},
+        "data": {**plane.data("aio_stream"), "shape": "3,32,32"},
+        "params": {"batch_size": 4, "top_n": 0},
+        "http": {"port": free_port(), "model_name": "cnn"},
+        "log": {"dir": str(tmp_path / "work")},
+    }
+    xs = np.random.default_rng(8).normal(size=(30, 3, 32, 32)).astype(np.float32)
+    expected = onnx_direct(onnx_model_dir, xs)
+    config = plane.client_config()
+
+    async def use() -> tuple[list[Any], dict[str, Any], Any]:
+        async with (
+            AsyncInputQueue(config=config, name="aio_stream") as q,
+            AsyncOutputQueue(config=config, name="aio_stream") as out,
+        ):
+            predicted = await asyncio.gather(*(q.predict(xs[i], timeout=60) for i in range(10)))
+            await q.enqueue_many([(f"a{i}", {"t": xs[i]}) for i in range(10, 20)])
+            by_uri = {f"a{i}": await out.query(f"a{i}", timeout=60) for i in range(10, 20)}
+            return predicted, by_uri, await out.query("s20", timeout=60)
+
+    with Server(raw) as server:
+        with InputQueue(config=config, name="aio_stream") as sync_in:
+            sync_in.enqueue("s20", t=xs[20])  # a synchronous client's record, read by asyncio
+        predicted, by_uri, from_sync = asyncio.run(use())
+        with OutputQueue(config=config, name="aio_stream") as sync_out:
+            assert sync_out.query("a10") is None  # taken already by the asyncio query
+        assert server.http is not None
+        body = {"inputs": [{"name": "input", "shape": [3, 3, 32, 32], "datatype": "FP32",
+                            "data": xs[21:24].ravel().tolist()}]}  # fmt: skip
+        reply = httpx.post(f"{server.http.url}/v2/models/cnn/infer", json=body, timeout=60)
+        assert reply.status_code == 200, reply.text
+        assert plane.pending("aio_stream") == 0
+    if plane.partitions > 1:  # records by uri were spread as the uri says
+        spread = [plane.db.llen(keys.finished(part)) for part in plane.parts("aio_stream")]
+        assert sum(1 for n in spread if n) > 1, spread
+    for i in range(10):
+        np.testing.assert_allclose(np.asarray(predicted[i]).ravel(), expected[i].ravel(), atol=1e-5)
+    for i in range(10, 20):
+        np.testing.assert_allclose(
+            np.asarray(by_uri[f"a{i}"]).ravel(), expected[i].ravel(), atol=1e-5
+        )
+    np.testing.assert_allclose(np.asarray(from_sync).ravel(), expected[20].ravel(), atol=1e-5)
+    served = np.asarray(reply.json()["outputs"][0]["data"], np.float32).reshape(3, -1)
+    np.testing.assert_allclose(served, expected[21:24].reshape(3, -1), atol=1e-5)
+
+
+def test_the_asyncio_client_waits_for_replicas_and_refuses_to_on_a_cluster(
+    onnx_model_dir: Path, tmp_path: Path
+) -> None:
+    """Through Sentinel, with ``data.replica_acks: 1``, an asyncio add returns once the
+    replica has the records (WAIT after the add); on a Redis Cluster it cannot, and says so
+    naming the key."""
+    import asyncio
+
+    import numpy as np
     import pytest
 
+    from cluster import LocalSentinel
     from zoo_serving.aio import AsyncInputQueue
-    from zoo_serving.errors import ConfigError
+    from zoo_serving.errors import ConfigError, QueueError
 
-    for src in ("redis+cluster://127.0.0.1:1,127.0.0.1:2", "redis+sentinel://127.0.0.1:1/m"):
-        with pytest.raises(ConfigError, match="data.src") as caught:
-            AsyncInputQueue(config={"data": {"src": src}})
-        assert caught.value.details["key"] == "data.src"
+    with pytest.raises(ConfigError, match="data.replica_acks") as caught:
+        AsyncInputQueue(config={"data": {"src": "redis+cluster://127.0.0.1:1", "replica_acks": 1}})
+    assert caught.value.details["key"] == "data.replica_acks"
+
+    sentinel = LocalSentinel(tmp_path / "sentinel").start()
+    try:
+        data = {"src": sentinel.url, "stream": "acked", "replica_acks": 1,
+                "replica_timeout_ms": 300}  # fmt: skip
+        raw = {
+            "model": {"path": str(onnx_model_dir)},
+            "data": {**data, "shape": "3,32,32"},
+            "params": {"batch_size": 4, "top_n": 0},
+            "log": {"dir": str(tmp_path / "work")},
+        }
+        xs = np.random.default_rng(9).normal(size=(4, 3, 32, 32)).astype(np.float32)
+
+        async def use() -> tuple[list[Any], QueueError]:
+            async with AsyncInputQueue(config={"data": data}, name="acked") as q:
+                got = await q.predict([x for x in xs], timeout=60)
+                sentinel.kill(sentinel.replica_port)  # now no replica can confirm an add
+                with pytest.raises(QueueError, match="reached 0 replica") as unconfirmed:
+                    await q.enqueue("late", t=xs[0])
+                return got, unconfirmed.value
+
+        with Server(raw):
+            got, error = asyncio.run(use())
+    finally:
+        sentinel.stop()
+    assert error.details["unconfirmed"] == ["late"] and error.details["accepted"] == []
+    expected = onnx_direct(onnx_model_dir, xs)
+    np.testing.assert_allclose(np.asarray(got).reshape(4, -1), expected.reshape(4, -1), atol=1e-5)

@@ -7,6 +7,7 @@ See :mod:`zoo_serving.client.aio`::
 
 from __future__ import annotations
 
-from ..client.aio import AsyncInputQueue, AsyncOutputQueue
+from ..client.aio import AsyncInputQueue
+from ..client.aio_base import AsyncOutputQueue
 
 __all__ = ["AsyncInputQueue", "AsyncOutputQueue"]

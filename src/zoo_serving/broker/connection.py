@@ -99,28 +99,48 @@ def connect_async(
     retries: int = RECONNECT_TRIES,
     **kwargs: Any,
 ) -> tuple[Any, str]:
-    """A ``redis.asyncio`` client for ``data`` or ``url`` (as :func:`connect`), and its URL
-    without the password; nothing is sent yet (``await check_async(client, url)`` checks).
-    Commands are packed by hiredis where installed (redis.asyncio packs in Python: 3 us an
-    argument, most of a client's time on records of 20 arguments each), and memoryview
-    arguments go to the socket as they are (:class:`ViewPacker`)."""
+    """A ``redis.asyncio`` client for ``data`` or ``url`` (as :func:`connect`, Redis Cluster
+    and Sentinel URLs too), and its URL without the password; nothing is sent yet
+    (``await check_async(client, url)`` checks). On one Redis, commands are packed by hiredis
+    where installed (redis.asyncio packs in Python: 3 us an argument, most of a client's time
+    on records of 20 arguments each), and memoryview arguments go to the socket as they are
+    (:class:`ViewPacker`)."""
     import redis.asyncio
     from redis.asyncio.retry import Retry
     from redis.backoff import ExponentialBackoff
 
     target, options = _options(data or DataConfig(), url)
-    if target.startswith(CLUSTER_SCHEMES + SENTINEL_SCHEMES):
-        raise ConfigError(
-            f"data.src: {safe_url(target)}: the asyncio client and the HTTP front door take one "
-            "Redis (redis://, rediss://, unix://) for now, not a Redis Cluster or Sentinel; "
-            "use InputQueue, or point them at the master",
-            key="data.src",
-            value=safe_url(target),
-        )
     options["retry"] = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries)
-    options["connection_class"] = _packing_connection(target)
     options.update(kwargs)
+    if target.startswith(CLUSTER_SCHEMES + SENTINEL_SCHEMES):
+        return _many_nodes_async(target, options), safe_url(target)
+    options["connection_class"] = _packing_connection(target)
     return redis.asyncio.Redis.from_url(target, **options), safe_url(target)
+
+
+def _many_nodes_async(target: str, options: dict[str, Any]) -> Any:
+    """A ``redis.asyncio`` client for a ``redis[s]+cluster://`` or ``redis[s]+sentinel://``
+    URL (redis-py's own packing: its cluster and sentinel connections take no packer)."""
+    head, seeds, master = split_nodes(target)
+    _credentials(head, options)
+    tls = head.startswith("rediss")
+    if target.startswith(CLUSTER_SCHEMES):
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        options.pop("health_check_interval", None)
+        # redis-py refreshes the slot map on MOVED and on a lost node, then retries
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in seeds], ssl=tls, **options
+        )
+    from redis.asyncio.sentinel import Sentinel
+
+    sentinel_options = {
+        k: v for k, v in options.items() if k.startswith("socket_") or k.startswith("ssl_")
+    }
+    if tls:
+        sentinel_options["ssl"] = True
+    sentinel = Sentinel(seeds, sentinel_kwargs=sentinel_options)
+    return sentinel.master_for(master, ssl=tls, **options)
 
 
 def _packing_connection(target: str) -> type:
@@ -140,6 +160,15 @@ def _packing_connection(target: str) -> type:
             return packer.pack(*args)
 
     return Packing
+
+
+async def close_async(client: Any) -> None:
+    """Close a client of :func:`connect_async`, and the connections to the sentinels that
+    found its master, if any (closing the client alone leaves those open)."""
+    await client.aclose()
+    pool = getattr(client, "connection_pool", None)
+    for sentinel in getattr(getattr(pool, "sentinel_manager", None), "sentinels", ()):
+        await sentinel.aclose()
 
 
 async def check_async(client: Any, where: str, data: DataConfig | None = None) -> None:

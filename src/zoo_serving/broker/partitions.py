@@ -139,7 +139,11 @@ class PartitionedQueue(Queue):
 def published_partitions(client: Any, stream: str, default: int) -> int:
     """The partition count the server of ``stream`` published, else ``default`` (the client's
     own ``data.partitions``: no server has set the stream up yet)."""
-    raw = client.get(keys.partitions(stream))
+    return partition_count(client.get(keys.partitions(stream)), default)
+
+
+def partition_count(raw: bytes | str | None, default: int) -> int:
+    """The partition count in ``raw`` (the value of ``keys.partitions``), else ``default``."""
     try:
         return max(int(raw), 1) if raw is not None else default
     except ValueError:

@@ -136,7 +136,7 @@ class StreamProducer:
         client: a redis-py client, or a ``redis.asyncio`` one (then use :meth:`add_async`).
         stream: the input stream (one partition of it).
         replica_acks, replica_timeout_ms: after each add, WAIT for that many replicas, that
-            long at most (``data.replica_acks``, ``data.replica_timeout_ms``; sync only).
+            long at most (``data.replica_acks``, ``data.replica_timeout_ms``).
         shared: one producer for every thread (else one per thread); its caller must then
             number and send from one thread at a time, as a combining sender or an asyncio
             task does.
@@ -182,9 +182,25 @@ class StreamProducer:
         return _added(reply, acked)
 
     async def add_async(self, records: Sequence[Outgoing]) -> Added:
-        """:meth:`add` on a ``redis.asyncio`` client."""
+        """:meth:`add` on a ``redis.asyncio`` client (one Redis or a Sentinel's master when
+        replicas are waited for: a WAIT must follow the add on its connection)."""
         stream_keys, args = self._call(records)
-        return _added(await self._add(keys=stream_keys, args=args))
+        if self.replica_acks <= 0:
+            return _added(await self._add(keys=stream_keys, args=args))
+        import redis
+
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.evalsha(self._add.sha, len(stream_keys), *stream_keys, *args)
+            pipe.execute_command("WAIT", self.replica_acks, self.replica_timeout_ms)
+            try:
+                reply, acked = await pipe.execute()
+                return _added(reply, int(acked))
+            except redis.exceptions.NoScriptError:
+                if attempt:  # loaded a moment ago: something else is wrong, say so
+                    raise
+                await self.client.script_load(self._add.script)  # a new master knows none
+        raise AssertionError("unreachable")
 
     def _call(self, records: Sequence[Outgoing]) -> tuple[list[Any], list[Any]]:
         producer = self.number(records)

@@ -24,12 +24,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .. import keys
-from ..broker.connection import check_async, connect, connect_async
-from ..broker.presence import Presence
 from ..broker.producer import Added, Outgoing, StreamProducer
-from ..errors import QueueFullError, ZooServingError
+from ..errors import ConfigError, QueueError, QueueFullError, ZooServingError
 from ..wire import native
-from ..wire.native import ResultValue, decode_result
 from .adding import (
     Tokens,
     check_added,
@@ -39,7 +36,8 @@ from .adding import (
     private_records,
     results_of,
 )
-from .common import data_config, model_stream, named, result_or_raise
+from .aio_base import AsyncRedisUser
+from .common import named, result_or_raise
 from .replies import POLL_S, TAKE, AsyncWaiting, new_inbox_id, split_entry
 
 log = logging.getLogger(__name__)
@@ -47,78 +45,7 @@ log = logging.getLogger(__name__)
 _Submitted = tuple[list[Outgoing], "asyncio.Future[None]"]  # records, resolved once they are in
 
 
-class _AsyncRedisUser:
-    """The connection and readiness both async classes share; arguments as
-    :class:`~zoo_serving.InputQueue`'s."""
-
-    def __init__(
-        self,
-        host: str | None = None,
-        port: int | str | None = None,
-        name: str | None = None,
-        *,
-        url: str | None = None,
-        config: Any = None,
-        password: str | None = None,
-        model: str | None = None,
-        version: int | None = None,
-        **redis_options: Any,
-    ) -> None:
-        import dataclasses
-
-        data = data_config(config)
-        if password is not None:
-            data = dataclasses.replace(data, password=password)
-        if url is None and (host is not None or port is not None):
-            url = f"redis://{host or 'localhost'}:{port or 6379}"
-        self.stream = name or data.stream
-        self.data, self.url = data, url
-        self.model, self.version = model, version
-        if model is not None:  # the model index, read once here (the one blocking call)
-            lookup = connect(data, url=url)
-            try:
-                self.stream = model_stream(lookup, self.stream, model)
-            finally:
-                lookup.close()
-        redis_options.setdefault("socket_timeout", None)  # blocking reads bound themselves
-        redis_options.setdefault("socket_connect_timeout", 5.0)
-        self.db, self.where = connect_async(data, url=url, **redis_options)
-        self.presence = Presence(self.db, self.stream)
-
-    async def check(self) -> None:
-        """Ping Redis.
-
-        Raises:
-            BrokerConnectionError: Redis does not answer or refuses the login.
-        """
-        await check_async(self.db, self.where, self.data)
-
-    async def close(self) -> None:
-        """Close the connection pool."""
-        await self.db.aclose()
-
-    async def __aenter__(self) -> Any:
-        await self.check()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def is_ready(self) -> bool:
-        """True while at least one worker has its model loaded and warmed up."""
-        return await self.presence.is_ready_async()
-
-    async def wait_ready(self, timeout: float = 60.0) -> bool:
-        """Wait up to ``timeout`` seconds for a ready worker; True when there is one."""
-        deadline = time.monotonic() + timeout
-        while not await self.is_ready():
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.05)
-        return True
-
-
-class AsyncInputQueue(_AsyncRedisUser):
+class AsyncInputQueue(AsyncRedisUser):
     """Sends records and awaits their results; the arguments are
     :class:`~zoo_serving.InputQueue`'s.
 
@@ -138,8 +65,17 @@ class AsyncInputQueue(_AsyncRedisUser):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.wait_if_full_s = wait_if_full_s
+        self.replica_acks = self.data.replica_acks
+        if self.replica_acks and self.cluster:
+            raise ConfigError(
+                f"data.replica_acks: {self.replica_acks}: the asyncio client cannot wait for "
+                "replicas on a Redis Cluster yet (a WAIT must follow the add on the same "
+                "node's connection); set it to 0 here, or use InputQueue",
+                key="data.replica_acks",
+                value=self.replica_acks,
+            )
         self.arena = new_arena(self, shared_memory)
-        self._producer = StreamProducer(self.db, self.stream, shared=True)
+        self._producers: dict[str, StreamProducer] = {}
         self.inbox_id = new_inbox_id()
         self._inbox_key = keys.inbox(self.stream, self.inbox_id)
         self._waiting: dict[bytes, tuple[AsyncWaiting, int]] = {}
@@ -311,17 +247,51 @@ class AsyncInputQueue(_AsyncRedisUser):
             else:
                 done.set_result(None)
 
+    def _producer(self, stream: str) -> StreamProducer:
+        producer = self._producers.get(stream)
+        if producer is None:
+            producer = self._producers[stream] = StreamProducer(
+                self.db,
+                stream,
+                self.data.replica_acks,
+                self.data.replica_timeout_ms,
+                shared=True,
+            )
+        return producer
+
     async def _send(self, records: list[Outgoing], accepted: list[str]) -> None:
+        """Add records, partition by partition (in order within each); records of ``predict``
+        go to the stream itself, beside the inbox their results come to."""
+        by_part: dict[str, list[Outgoing]] = {}
+        for record in records:
+            part = await self._part(record.uri) if record.public else self.stream
+            by_part.setdefault(part, []).append(record)
+        for part, group in by_part.items():
+            await self._send_part(self._producer(part), group, accepted)
+
+    async def _send_part(
+        self, producer: StreamProducer, records: list[Outgoing], accepted: list[str]
+    ) -> None:
         import redis
 
-        self._producer.number(records)
+        producer.number(records)
         deadline = time.monotonic() + self.wait_if_full_s
         pause = 0.005
         while records:
             try:
-                added = await self._producer.add_async(records)
+                added = await producer.add_async(records)
             except redis.exceptions.OutOfMemoryError as exc:
                 added = Added(0, f"OOM {exc}", -1, 0)
+            if added.count and added.acked < self.replica_acks:
+                raise QueueError(
+                    f"records on stream {producer.stream} reached {added.acked} replica(s) "
+                    f"within data.replica_timeout_ms={self.data.replica_timeout_ms}, "
+                    f"data.replica_acks is {self.replica_acks}: they are on the master, and a "
+                    "failover now may lose them; retry them under new uris, or check the "
+                    "replicas",
+                    accepted=list(accepted),
+                    unconfirmed=[r.uri for r in records[: added.count]],
+                )
             accepted.extend(r.uri for r in records[: added.count])
             records = records[added.count :]
             if not records:
@@ -353,33 +323,3 @@ class AsyncInputQueue(_AsyncRedisUser):
                 found = self._waiting.pop(token, None)
                 if found is not None:
                     found[0].fill(found[1], result)
-
-
-class AsyncOutputQueue(_AsyncRedisUser):
-    """Fetches results of records enqueued by uri; as :class:`~zoo_serving.OutputQueue`."""
-
-    async def query(self, uri: str, timeout: float | None = None) -> Any:
-        """The result of ``uri``, or None if it is not there yet; with ``timeout``, await it
-        up to that long. Raises the record's :class:`ZooServingError` when it failed."""
-        key = keys.result(self.stream, uri)
-        if timeout is None:
-            blob = await self.db.lpop(key)
-        else:
-            reply = await self.db.blpop([key], timeout=max(timeout, 0.001))
-            blob = reply[1] if reply else None
-        return None if blob is None else result_or_raise(decode_result(blob))
-
-    async def dequeue(self) -> dict[str, ResultValue]:
-        """Every result not fetched yet, by uri (failed records map to their error object)."""
-        out: dict[str, ResultValue] = {}
-        finished = keys.finished(self.stream)
-        while True:
-            uris = await self.db.lpop(finished, 1000)
-            if not uris:
-                return out
-            pipe = self.db.pipeline(transaction=False)
-            for uri in uris:
-                pipe.lpop(keys.result(self.stream, uri))
-            for uri, blob in zip(uris, await pipe.execute()):
-                if blob is not None:
-                    out[uri.decode("utf-8", "replace")] = decode_result(blob)
