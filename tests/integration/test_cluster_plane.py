@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conftest import jpeg
 from helpers import assert_top_n, decoded_image, onnx_direct
 from zoo_serving import Server, keys
@@ -193,3 +195,44 @@ def test_the_asyncio_client_waits_for_replicas_and_refuses_to_on_a_cluster(
     assert error.details["unconfirmed"] == ["late"] and error.details["accepted"] == []
     expected = onnx_direct(onnx_model_dir, xs)
     np.testing.assert_allclose(np.asarray(got).reshape(4, -1), expected.reshape(4, -1), atol=1e-5)
+
+
+@pytest.mark.parametrize("where", ["single", "cluster"])
+def test_an_idle_worker_reads_a_record_on_any_partition_at_once(
+    where: str, request: Any, stream: str
+) -> None:
+    """All three partitions empty, a worker's read waits for the first entry on *any* of
+    them: a record added to another partition than the one it would have blocked on comes
+    back from that same read. (It used to block on one partition for its share of the wait,
+    which Redis ends only at its next hz tick, while the record waited.)"""
+    import threading
+
+    from zoo_serving.broker.connection import connect
+    from zoo_serving.broker.partitions import open_queue
+    from zoo_serving.config import DataConfig
+
+    url = (
+        request.getfixturevalue("redis_url")
+        if where == "single"
+        else request.getfixturevalue("redis_cluster").url
+    )
+    data = DataConfig(src=url, stream=stream, partitions=3)
+    db = connect(data, socket_timeout=None)
+    try:
+        queue = open_queue(db, data, stream, "idle-worker", claim_idle_ms=60_000)
+        queue.setup()
+        parts = keys.partition_streams(stream, 3)
+        got: list[Any] = []
+        reader = threading.Thread(target=lambda: got.extend(queue.read(8, block_ms=3000)))
+        reader.start()
+        time.sleep(0.3)  # the read is waiting now, every partition empty
+        for part in parts[1:]:  # not on partition 0, where a read's first round starts
+            db.xadd(part, {"uri": part})
+        reader.join(10)
+        assert not reader.is_alive()
+        assert got, "the read waited past records on the other partitions"
+        assert {e.stream for e in got} <= set(parts)
+    finally:
+        for part in keys.partition_streams(stream, 3):
+            db.delete(part)
+        db.close()

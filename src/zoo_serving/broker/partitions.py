@@ -13,17 +13,20 @@ one partition, a :class:`PartitionedQueue` over N of them otherwise.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 from .. import keys
 from ..config import DataConfig
+from .connection import is_cluster
 from .counts import one_stream_stats
 from .queue import Completion, Entry, Queue
 from .streams import RedisStreamQueue
 
-MIN_BLOCK_MS = 5  # shortest blocking read of one partition while all are empty
+FIRST_PAUSE_S = 0.001  # a Redis Cluster's idle worker: first pause between rounds of reads
+MAX_PAUSE_S = 0.008  # ... and the longest, what a record arriving on an idle plane may wait
 
 
 def open_queue(
@@ -50,9 +53,14 @@ class PartitionedQueue(Queue):
     """One consumer of every partition of a stream.
 
     A read goes round the partitions without blocking, starting one further each time, and
-    returns the first that has entries, so a busy partition cannot starve the others; when
-    all are empty it blocks on one of them for its share of the wait. Entries carry their
-    partition stream, and everything done with an entry goes to its partition.
+    returns the first that has entries, so a busy partition cannot starve the others. When
+    all are empty it waits for the first entry on any of them: on one Redis with one blocking
+    read of every partition; on a Redis Cluster (partitions in different slots cannot share a
+    command) with rounds of reads a few milliseconds apart. (A blocking read of one partition
+    for "its share of the wait" does not work: Redis ends a blocking read's timeout only at
+    its next ``hz`` tick, 100 ms by default, while a record on another partition waits.)
+    Entries carry their partition stream, and everything done with an entry goes to its
+    partition.
     """
 
     def __init__(self, parts: Sequence[RedisStreamQueue]) -> None:
@@ -61,6 +69,7 @@ class PartitionedQueue(Queue):
             part._tag = part.stream
         self._by_stream = {part.stream: part for part in self.parts}
         self._next = 0
+        self._cluster = is_cluster(self.parts[0].client)
 
     @property
     def stream(self) -> str:
@@ -90,6 +99,24 @@ class PartitionedQueue(Queue):
         self.parts[0].client.set(keys.partitions(self.stream), len(self.parts))
 
     def read(self, count: int, block_ms: int | None) -> list[Entry]:
+        entries = self._round(count)
+        if entries or not block_ms:
+            return entries
+        if not self._cluster:
+            return self._wait_all(count, block_ms)
+        deadline = time.monotonic() + block_ms / 1000.0
+        pause = FIRST_PAUSE_S
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, MAX_PAUSE_S)
+            entries = self._round(count)
+            if entries:
+                return entries
+        return []
+
+    def _round(self, count: int) -> list[Entry]:
+        """The entries of the first partition that has some, starting one further each time
+        (each partition's own pending and idle entries first, as its queue reads them)."""
         n = len(self.parts)
         first = self._next
         self._next = (first + 1) % n
@@ -97,9 +124,29 @@ class PartitionedQueue(Queue):
             entries = self.parts[(first + k) % n].read(count, None)
             if entries:
                 return entries
-        if not block_ms:
-            return []
-        return self.parts[first].read(count, max(block_ms // n, MIN_BLOCK_MS))
+        return []
+
+    def _wait_all(self, count: int, block_ms: int) -> list[Entry]:
+        """One Redis: block on every partition at once, up to ``count`` new entries of each."""
+        part0 = self.parts[0]
+        try:
+            reply = part0.client.xreadgroup(
+                part0.group,
+                part0.consumer,
+                {part.stream: ">" for part in self.parts},
+                count=count,
+                block=block_ms,
+            )
+        except Exception:
+            for part in self.parts:  # a lost reply may have delivered entries: read them again
+                part._pending_from = b"0"
+            raise
+        out: list[Entry] = []
+        for stream, items in reply or []:
+            part = self._by_stream[stream.decode() if isinstance(stream, bytes) else stream]
+            # an entry deleted after delivery comes back as (id, None): nothing left to serve
+            out.extend(part._hold([Entry(eid, f, stream=part._tag) for eid, f in items if f]))
+        return out
 
     def dead_letter(self, entry: Entry, reason: str) -> None:
         self._of(entry).dead_letter(entry, reason)
