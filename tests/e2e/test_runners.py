@@ -331,6 +331,29 @@ def test_each_runner_serves_2000_records_once_each_with_the_frameworks_answers(
         assert f"[{beat['pid']}] zoo_serving." in error_log, beat["pid"]
 
 
+def test_ray_serves_a_redis_cluster_with_3_partitions(
+    tmp_path, onnx_model_dir, redis_cluster, stream, xs, direct, ray_head
+) -> None:
+    """The Ray runner's actors on a Redis Cluster, the stream split in 3 partitions: every
+    record answered once with ONNX Runtime's answer, spread over the partitions, nothing
+    left pending."""
+    from zoo_serving.broker.connection import connect
+    from zoo_serving.config import DataConfig
+
+    plane = Plane("cluster-p3", redis_cluster.url, 3, connect(DataConfig(src=redis_cluster.url)))
+    try:
+        raw = server_config(onnx_model_dir, plane.url, stream, tmp_path / "work", "ray")
+        raw["data"]["partitions"] = plane.partitions
+        raw["ray"] = {"address": ray_head}
+        with Server(raw):
+            results = run_load(plane, stream, xs, N)
+        check_results(results, plane, stream, direct, N)
+        per_part = [plane.db.llen(keys.finished(p)) for p in plane.parts(stream)]
+        assert min(per_part) > N / 3 / 2, per_part
+    finally:
+        plane.db.close()
+
+
 def test_status_lists_the_worker_processes(
     tmp_path, onnx_model_dir, redis_url, redis_client, stream, capsys
 ) -> None:

@@ -193,6 +193,36 @@ def test_local_runner_serves_each_record_once(
         assert f"[{pid}] zoo_serving." in error_log, pid
 
 
+def test_tasks_serve_a_redis_cluster_with_3_partitions(
+    spark, onnx_model_dir, redis_cluster, stream, xs, direct
+) -> None:
+    """The Spark runner's tasks on a Redis Cluster, the stream split in 3 partitions: every
+    record answered once with ONNX Runtime's answer, spread over the partitions."""
+    from zoo_serving.broker.connection import connect
+    from zoo_serving.config import DataConfig
+
+    data = {"src": redis_cluster.url, "partitions": 3}
+    n = 600
+    runner = serve_on(spark, raw_config(onnx_model_dir, redis_cluster.url, stream, data=data))
+    db = connect(DataConfig(src=redis_cluster.url))
+    try:
+        with InputQueue(config={"data": data}, name=stream) as client:
+            client.enqueue_many((f"r{i}", {"t": xs[i % DISTINCT]}) for i in range(n))
+        with OutputQueue(config={"data": data}, name=stream) as output:
+            results = output.query_many([f"r{i}" for i in range(n)], timeout=120)
+        assert len(results) == n  # none lost
+        parts = keys.partition_streams(stream, 3)
+        finished = Counter(u for p in parts for u in db.lrange(keys.finished(p), 0, -1))
+        assert len(finished) == n and set(finished.values()) == {1}  # one result each
+        assert all(db.llen(keys.finished(p)) > n / 3 / 2 for p in parts)  # spread over all
+        for i in range(n):
+            assert_top_n(results[f"r{i}"], direct[i % DISTINCT], TOP_N)
+        assert sum(db.xpending(p, "serving")["pending"] for p in parts) == 0
+    finally:
+        runner.stop()
+        db.close()
+
+
 def test_killed_worker_task_loses_nothing(
     spark, onnx_model_dir, redis_url, redis_client, stream, xs, direct
 ) -> None:
