@@ -11,6 +11,7 @@ up on its batch) runs in a batch of its own.
 from __future__ import annotations
 
 import queue as _queue
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -85,6 +86,11 @@ class OwnBatches:
 class SharedBatches:
     """Decoded records handed to shared execution slots, in a lane named after the model.
 
+    The reader hands its records straight to the lane (this object is its ``to_batch``: no
+    thread in between, so a record changes threads twice on its way, reader to slot to
+    writer, not three times: with many models in one process every hand-over may wait for
+    the GIL); this stage's thread only ends the lane once the reader stopped.
+
     Args:
         executor: the slots' scheduler.
         name: the model's name (its lane).
@@ -109,14 +115,21 @@ class SharedBatches:
         self.left = left
         params = config.params
         self.lane = Lane(name, params.batch_size, params.max_wait_ms / 1000.0, weight)
-
-    def loop(self, to_batch: _queue.Queue[Any], to_write: _queue.Queue[Any]) -> None:
-        """Feed the lane; once the reader stops, wait until the slots ran all of it, then end
-        the writer."""
+        self._ended = threading.Event()  # the reader stopped
         self.executor.add(self.lane)
+
+    def put(self, item: Any, timeout: float | None = None) -> None:
+        """The reader's hand-over: a list of decoded records into the lane, or the end."""
+        if item is STOP:
+            self._ended.set()
+        else:
+            self.executor.offer(self.name, item, drained=self.reader.drained)
+
+    def loop(self, to_batch: Any, to_write: _queue.Queue[Any]) -> None:
+        """Once the reader stops, wait until the slots ran all of the lane, then end the
+        writer."""
         try:
-            while (got := to_batch.get()) is not STOP:
-                self.executor.offer(self.name, got, drained=self.reader.drained)
+            self._ended.wait()
             self.executor.mark_drained(self.name, True)
             while not self.executor.wait_idle(self.name, 0.1):
                 if self.left():

@@ -79,9 +79,7 @@ class Reader:
         self.regions = Regions(getattr(queue, "client", None), config.data.stream)
         self.abandoned = threading.Event()  # set when nothing downstream takes records anymore
 
-    def loop(
-        self, halt: threading.Event, to_batch: _queue.Queue[Any], to_write: _queue.Queue[Any]
-    ) -> None:
+    def loop(self, halt: threading.Event, to_batch: Any, to_write: _queue.Queue[Any]) -> None:
         """Read until ``halt`` is set, then pass the end marker on."""
         count = self.config.params.batch_size * 2
         backoff = 0.1
@@ -116,7 +114,7 @@ class Reader:
             self._put(to_batch, STOP)
             self.regions.close()
 
-    def _put(self, to: _queue.Queue[Any], what: Any) -> None:
+    def _put(self, to: Any, what: Any) -> None:
         """Hand on, unless the stage after is gone (the worker left a stuck model call)."""
         while not self.abandoned.is_set():
             try:
@@ -129,7 +127,7 @@ class Reader:
         self,
         entries: list[Entry],
         halt: threading.Event,
-        to_batch: _queue.Queue[Any],
+        to_batch: Any,
         to_write: _queue.Queue[Any],
     ) -> None:
         """Decode a read, handing records to the model a batch at a time (the first batch

@@ -227,15 +227,16 @@ class Worker:
         to_write = self._to_write = _queue.Queue(maxsize=8)
         left = lambda: self.left_stuck  # noqa: E731
         stage: OwnBatches | SharedBatches
+        inlet: Any = to_batch  # where the reader hands its records
         if self.executor is None:
             stage = OwnBatches(self.config, self._reader, self._serve, left)
-        else:  # the shared execution slots run the batches; this thread feeds them
-            stage = SharedBatches(
+        else:  # the shared execution slots run the batches; the reader feeds their lane
+            stage = inlet = SharedBatches(
                 self.executor, self.model_name, self.config, self.weight, self._reader, left
             )
         infer = self._thread("infer", stage.loop, to_batch, to_write)
         threads = [
-            self._thread("read", self._reader.loop, halt, to_batch, to_write),
+            self._thread("read", self._reader.loop, halt, inlet, to_write),
             self._thread("write", self._writer.loop, to_write, halt, written),
             self._thread("watch", self._watchdog.loop, written),
         ]
