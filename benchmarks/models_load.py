@@ -140,12 +140,35 @@ def rounds(
     runs: Mapping[str, Callable[[], Mapping[str, Any]]], times: int
 ) -> dict[str, list[Mapping[str, Any]]]:
     """Each of ``runs`` ``times`` times, interleaved (``a b c a b c ...``), so that a slow
-    patch of a shared machine falls on every condition alike; each run's results in order."""
+    patch of a shared machine falls on every condition alike; each run's results in order,
+    with ``"_busy"``: the share of the machine's CPU in use during the run (every process,
+    the hypervisor's steal included)."""
     out: dict[str, list[Mapping[str, Any]]] = {name: [] for name in runs}
     for _ in range(times):
         for name, run in runs.items():
-            out[name].append(run())
+            since = _cpu()
+            got = dict(run())
+            now = _cpu()
+            total = now[1] - since[1]
+            got["_busy"] = (now[0] - since[0]) / total if total > 0 else 0.0
+            out[name].append(got)
     return out
+
+
+def busy(runs: Sequence[Mapping[str, Any]]) -> float:
+    """The median share of the machine's CPU in use over ``runs`` (from :func:`rounds`)."""
+    return float(np.median([r["_busy"] for r in runs]))
+
+
+def _cpu() -> tuple[float, float]:
+    """CPU seconds (all cores) so far: (in use or stolen, total), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+    return sum(fields) - idle, sum(fields)
 
 
 def quietest_p99(points: Sequence[Any]) -> float:

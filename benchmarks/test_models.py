@@ -28,6 +28,7 @@ import pytest
 
 from models_load import (
     Load,
+    busy,
     drive,
     inputs,
     median_p99,
@@ -47,6 +48,8 @@ pytestmark = [pytest.mark.timeout(900), pytest.mark.filterwarnings("default::Use
 
 GATE = os.environ.get("ZOO_BENCH_GATE") == "1"
 DURATION_S = float(os.environ.get("ZOO_BENCH_DURATION_S", "8"))  # per measured window
+RUNNER = os.environ.get("ZOO_BENCH_RUNNER", "threads")  # the server's params.runner
+WORKERS = int(os.environ.get("ZOO_BENCH_WORKERS", "1"))  # ... and params.workers
 ROUNDS = int(os.environ.get("ZOO_BENCH_ROUNDS", "5"))  # interleaved runs of each condition
 SIZES = {"a": 256, "b": 512, "c": 768, "d": 1024}  # four MLPs of different cost
 
@@ -55,7 +58,13 @@ def config(root: Path, redis: ManagedRedis, tmp: Path, **extra: Any) -> dict[str
     raw: dict[str, dict[str, Any]] = {
         "model": {"repository": str(root)},
         "data": {"src": redis.url, "stream": "models", "shape": "256"},
-        "params": {"batch_size": 8, "top_n": 5, "max_wait_ms": 5},
+        "params": {
+            "batch_size": 8,
+            "top_n": 5,
+            "max_wait_ms": 5,
+            "runner": RUNNER,
+            "workers": WORKERS,
+        },
         "repository": {"default": next(iter(os.listdir(root)))},
         "log": {"dir": str(tmp / "work"), "error": "n"},
     }
@@ -110,7 +119,8 @@ def test_isolation_between_four_models(
         )
         line = (
             f"isolation: model {name} at {rates[name]:g} rec/s, p99 with 4 models / alone = "
-            f"{line}; steal {stolen:.1%} [target <= 1.25]"
+            f"{line}; the 2 cores {busy(got[f'alone {name}']):.0%} busy alone, "
+            f"{busy(got['together']):.0%} together, steal {stolen:.1%} [target <= 1.25]"
         )
         report_line(line)
         target(ratio <= 1.25, line)
@@ -118,7 +128,8 @@ def test_isolation_between_four_models(
     through = np.median([r["d"].throughput for r in got["heavy"]])
     line = (
         f"isolation: light model a at {rates['a']:g} rec/s beside model d saturated (32 in "
-        f"flight, {through:.0f} rec/s): p99 / alone = {line} [target <= 1.5]"
+        f"flight, {through:.0f} rec/s): p99 / alone = {line}; the 2 cores "
+        f"{busy(got['heavy']):.0%} busy [target <= 1.5]"
     )
     report_line(line)
     target(ratio <= 1.5, line)
@@ -205,6 +216,7 @@ def test_a_load_is_quick_and_others_hardly_notice(
         ratio, line = _compare([r[name] for r in got["busy"]], [r[name] for r in got["quiet"]])
         line = (
             f"load: model {name} p99 while e loads and unloads every 0.5 s / without = {line}; "
+            f"the 2 cores {busy(got['quiet']):.0%} busy without, {busy(got['busy']):.0%} with, "
             f"steal {stolen:.1%} [target <= 1.2]"
         )
         report_line(line)
