@@ -49,7 +49,7 @@ pytestmark = [pytest.mark.timeout(900), pytest.mark.filterwarnings("default::Use
 GATE = os.environ.get("ZOO_BENCH_GATE") == "1"
 DURATION_S = float(os.environ.get("ZOO_BENCH_DURATION_S", "8"))  # per measured window
 RUNNER = os.environ.get("ZOO_BENCH_RUNNER", "threads")  # the server's params.runner
-WORKERS = int(os.environ.get("ZOO_BENCH_WORKERS", "1"))  # ... and params.workers
+WORKERS = int(os.environ.get("ZOO_BENCH_WORKERS", "0"))  # ... and params.workers (0: its own)
 ROUNDS = int(os.environ.get("ZOO_BENCH_ROUNDS", "5"))  # interleaved runs of each condition
 SIZES = {"a": 256, "b": 512, "c": 768, "d": 1024}  # four MLPs of different cost
 
@@ -63,7 +63,7 @@ def config(root: Path, redis: ManagedRedis, tmp: Path, **extra: Any) -> dict[str
             "top_n": 5,
             "max_wait_ms": 5,
             "runner": RUNNER,
-            "workers": WORKERS,
+            **({"workers": WORKERS} if WORKERS else {}),
         },
         "repository": {"default": next(iter(os.listdir(root)))},
         "log": {"dir": str(tmp / "work"), "error": "n"},
