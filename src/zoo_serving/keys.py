@@ -175,3 +175,10 @@ def model_states(base: str) -> str:
     """Hash worker name -> JSON of the models that worker holds (state, versions, memory, load
     seconds, evictions, last error): what ``zoo-serve models list`` and /metrics show."""
     return f"{PREFIX}:{{{base}}}:model_states"
+
+
+def hash_tag(key: bytes) -> bytes:
+    """The ``{...}`` part of a key: keys with the same one share a Redis Cluster slot."""
+    start = key.find(b"{")
+    end = key.find(b"}", start + 1)
+    return key[start + 1 : end] if start >= 0 and end > start + 1 else key

@@ -119,6 +119,28 @@ def test_open_loop_sends_on_schedule_while_no_answer_comes(redis_url, redis_clie
     assert np.count_nonzero(gaps > 60) < 10, f"sent in bursts: gaps {sorted(gaps)[-10:]} ms"
 
 
+def test_both_loops_load_every_partition_on_every_plane(
+    serve_on, plane, onnx_model_dir, stream
+) -> None:
+    """On one Redis and on a Redis Cluster with 1 and 3 partitions, the closed and the open
+    loop send each record to the partition clients pick for its uri and take every answer
+    back (an open loop listens on an inbox per partition); answers are ONNX Runtime's."""
+    serve_on(onnx_model_dir)  # batch 4, top 3
+    inputs = records(4, seed=5)
+    common = dict(warmup_s=0.0, keep=8, server_split=False)
+    closed = closed_loop(plane.url, stream, inputs, clients=4, records=60, **common)
+    opened = open_loop(plane.url, stream, inputs, rate=100, duration_s=0.6, **common)
+    scores = onnx_direct(onnx_model_dir, np.stack([r["input"] for r in inputs]))
+    for point in (closed, opened):
+        assert point.sent == point.answered > 0 and point.failed == 0 and point.missing == 0
+        assert len(point.samples) == 8
+        for index, served in point.samples:
+            assert_top_n(served, scores[index], 3)
+    added = [plane.db.xinfo_stream(part)["entries-added"] for part in plane.parts(stream)]
+    assert sum(added) >= closed.sent + opened.sent
+    assert all(added), f"a partition got no records: {added}"
+
+
 def test_load_split_over_spawned_processes(serve, onnx_model_dir, redis_url, stream) -> None:
     serve(onnx_model_dir)
     point = closed_loop(

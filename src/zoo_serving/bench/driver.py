@@ -111,13 +111,18 @@ class Driver:
         self._measured_sent = 0
         self._stopped_at = math.inf  # when the last record was sent
         self._inbox: InboxReader | None = None  # open loop: where the results come back
+        self._partitions = 1  # of the stream, as its server published them
+        self._cluster = False  # a Redis Cluster: a blocking read's keys must share a slot
 
     def prepare(self) -> Driver:
         """Connect, and encode every input once (a record's uri and deadline change per send)."""
-        from ..broker.connection import connect
+        from ..broker.connection import connect, is_cluster
+        from ..broker.partitions import published_partitions
 
         job = self.job
         self.db = connect(job.data, url=job.url, socket_timeout=None, socket_connect_timeout=5.0)
+        self._partitions = published_partitions(self.db, job.stream, job.data.partitions)
+        self._cluster = is_cluster(self.db)
         self._fields = [protocol.encode_request(b"", dict(x)) for x in job.inputs]
         if job.mode == "open":
             inbox = f"bench-{job.tag}".encode()
@@ -126,7 +131,8 @@ class Driver:
                 for x in job.inputs
             ]
             listen = connect(job.data, url=job.url, socket_timeout=None, socket_connect_timeout=5.0)
-            self._inbox = InboxReader(listen, keys.inbox(job.stream, inbox))
+            parts = keys.partition_streams(job.stream, self._partitions)
+            self._inbox = InboxReader(listen, [keys.inbox(part, inbox) for part in parts])
         return self
 
     def close(self) -> None:
@@ -234,8 +240,9 @@ class Driver:
             fields[protocol.F_DEADLINE] = deadline_ms
             if self._inbox is not None:
                 fields[protocol.F_REPLY_TO] = uri
-            pipe.xadd(job.stream, fields)
-            new.append((uri if self._inbox else keys.result(job.stream, uri), due, index, measured))
+            part = keys.partition_of(job.stream, uri, self._partitions)  # as clients pick it
+            pipe.xadd(part, fields)
+            new.append((uri if self._inbox else keys.result(part, uri), due, index, measured))
             self._measured_sent += measured
         if self._inbox is not None:
             return self._send_and_take(pipe, new)
@@ -268,12 +275,9 @@ class Driver:
         assert self._inbox is not None
         return self._take(self._inbox.take(0.0))
 
-    def _take(self, got: tuple[float, list[bytes]] | None) -> int:
-        if got is None:
-            return 0
-        at, blobs = got
+    def _take(self, got: list[tuple[float, bytes]]) -> int:
         hits = 0
-        for blob in blobs:
+        for at, blob in got:
             token, _, result = blob.partition(b"\n")
             if token in self._flight:
                 self._complete(token, result, at)
@@ -292,6 +296,9 @@ class Driver:
             self._take(self._inbox.take(wait))
             return
         window = list(islice(self._flight, WINDOW))
+        if self._cluster and self._partitions > 1:  # the oldest record's partition's keys
+            tag = keys.hash_tag(window[0])
+            window = [key for key in window if keys.hash_tag(key) == tag]
         reply = self.db.blpop(window, timeout=max(wait, TICK_S))
         if reply is not None:
             self._complete(reply[0], reply[1], time.monotonic())

@@ -140,8 +140,8 @@ class RedisUser:
         deadline = time.monotonic() + timeout
         waiting = list(wanted)
         while waiting:
-            tag = _hash_tag(waiting[0])
-            window = [k for k in waiting[: _WINDOW * self.partitions] if _hash_tag(k) == tag]
+            tag = keys.hash_tag(waiting[0])
+            window = [k for k in waiting[: _WINDOW * self.partitions] if keys.hash_tag(k) == tag]
             window = window[:_WINDOW]
 
             def look(window: list[bytes] = window) -> list[Any]:
@@ -171,13 +171,6 @@ class RedisUser:
             taken = set(got)
             waiting = [k for k in waiting if k not in taken]
         return out
-
-
-def _hash_tag(key: bytes) -> bytes:
-    """The ``{...}`` part of a key: keys with the same one share a Redis Cluster slot."""
-    start = key.find(b"{")
-    end = key.find(b"}", start + 1)
-    return key[start + 1 : end] if start >= 0 and end > start + 1 else key
 
 
 def _fields(data: DataConfig) -> dict[str, Any]:
