@@ -29,6 +29,7 @@ from zoo_serving import InputQueue, OutputQueue, Server  # noqa: E402
 RECORDS = 4000
 ROUNDS = 3
 WIDTH = 1000  # float32: a 4 KB tensor
+LIGHT_RECORDS = 150  # predict calls of the light-load latency test
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -135,3 +136,52 @@ def test_three_partitions_against_one(
     if os.environ.get("ZOO_BENCH_GATE") == "1":
         assert ratio >= 0.9
         assert med[3]["top_master_share"] <= 0.6
+
+
+def _light_latency(src: str, model_dir: Path, work: Path, partitions: int) -> np.ndarray:
+    """``predict`` one record every 20 ms (an idle plane between records): the latencies, ms."""
+    stream = f"light-p{partitions}-{time.monotonic_ns()}"
+    raw = {
+        "model": {"path": str(model_dir)},
+        "data": {"src": src, "stream": stream, "shape": str(WIDTH), "partitions": partitions},
+        "params": {"batch_size": 8, "top_n": 1},
+        "log": {"dir": str(work), "error": "n"},
+    }
+    x = np.random.default_rng(1).random(WIDTH, dtype=np.float32)
+    config = {"data": {"src": src, "partitions": partitions}}
+    ms = []
+    with Server(raw), InputQueue(name=stream, config=config) as client:
+        for i in range(LIGHT_RECORDS + 10):
+            start = time.perf_counter()
+            client.predict(x, timeout=10)
+            if i >= 10:  # after a warm-up
+                ms.append((time.perf_counter() - start) * 1000)
+            time.sleep(0.02)
+    return np.array(ms)
+
+
+def test_an_idle_plane_answers_a_light_load_as_fast_with_3_partitions(
+    benchmark: Any, cluster: LocalCluster, softmax_dir: Path, tmp_path: Path, redis: Any
+) -> None:
+    """Latency of ``predict`` at 50 records/s, 1 against 3 partitions, on one Redis and on the
+    cluster: an idle worker must take a record from whichever partition it lands on at once
+    (a blocking read of one partition is ended by Redis only at its hz tick, 100 ms)."""
+    planes = {"one Redis": redis.url, "cluster": cluster.url}
+    got: dict[tuple[str, int], np.ndarray] = {}
+
+    def run() -> None:
+        for name, src in planes.items():
+            for partitions in (1, 3):
+                work = tmp_path / f"{name}-{partitions}".replace(" ", "-")
+                got[name, partitions] = _light_latency(src, softmax_dir, work, partitions)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    for name in planes:
+        one, three = (np.percentile(got[name, p], [50, 99]) for p in (1, 3))
+        print(
+            f"\n{name}, predict at 50 rec/s: 1 partition p50 {one[0]:.1f} ms p99 {one[1]:.1f} ms; "
+            f"3 partitions p50 {three[0]:.1f} ms p99 {three[1]:.1f} ms; p50 3/1 "
+            f"{three[0] / one[0]:.2f}"
+        )
+        if os.environ.get("ZOO_BENCH_GATE") == "1":
+            assert three[0] <= 2 * one[0] + 5
