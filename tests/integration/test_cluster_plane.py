@@ -161,6 +161,7 @@ def test_the_asyncio_client_waits_for_replicas_and_refuses_to_on_a_cluster(
     import pytest
 
     from cluster import LocalSentinel
+    from zoo_serving import InputQueue
     from zoo_serving.aio import AsyncInputQueue
     from zoo_serving.errors import ConfigError, QueueError
 
@@ -190,9 +191,15 @@ def test_the_asyncio_client_waits_for_replicas_and_refuses_to_on_a_cluster(
 
         with Server(raw):
             got, error = asyncio.run(use())
+            with (
+                InputQueue(config={"data": data}, name="acked") as sync_client,
+                pytest.raises(QueueError, match="reached 0 replica") as sync_error,
+            ):
+                sync_client.enqueue("late-sync", t=xs[0])  # the same check, synchronously
     finally:
         sentinel.stop()
     assert error.details["unconfirmed"] == ["late"] and error.details["accepted"] == []
+    assert sync_error.value.details["unconfirmed"] == ["late-sync"]
     expected = onnx_direct(onnx_model_dir, xs)
     np.testing.assert_allclose(np.asarray(got).reshape(4, -1), expected.reshape(4, -1), atol=1e-5)
 

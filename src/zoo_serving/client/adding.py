@@ -57,6 +57,22 @@ def check_added(added: Added, left: list[Outgoing], accepted: list[str], stream:
         )
 
 
+def check_replicated(
+    added: Added, records: list[Outgoing], accepted: list[str], stream: str, data: Any
+) -> None:
+    """Raise QueueError when ``added`` records reached fewer replicas than
+    ``data.replica_acks`` within ``data.replica_timeout_ms``."""
+    if added.count and added.acked < data.replica_acks:
+        raise QueueError(
+            f"records on stream {stream} reached {added.acked} replica(s) within "
+            f"data.replica_timeout_ms={data.replica_timeout_ms}, data.replica_acks is "
+            f"{data.replica_acks}: they are on the master, and a failover now may lose them; "
+            "retry them under new uris, or check the replicas",
+            accepted=list(accepted),
+            unconfirmed=[r.uri for r in records[: added.count]],
+        )
+
+
 def full_message(added: Added, stream: str) -> str:
     if added.out_of_memory:
         return (

@@ -25,11 +25,12 @@ from typing import Any
 
 from .. import keys
 from ..broker.producer import Added, Outgoing, StreamProducer
-from ..errors import ConfigError, QueueError, QueueFullError, ZooServingError
+from ..errors import ConfigError, QueueFullError, ZooServingError
 from ..wire import native
 from .adding import (
     Tokens,
     check_added,
+    check_replicated,
     chunks,
     full_message,
     new_arena,
@@ -282,16 +283,7 @@ class AsyncInputQueue(AsyncRedisUser):
                 added = await producer.add_async(records)
             except redis.exceptions.OutOfMemoryError as exc:
                 added = Added(0, f"OOM {exc}", -1, 0)
-            if added.count and added.acked < self.replica_acks:
-                raise QueueError(
-                    f"records on stream {producer.stream} reached {added.acked} replica(s) "
-                    f"within data.replica_timeout_ms={self.data.replica_timeout_ms}, "
-                    f"data.replica_acks is {self.replica_acks}: they are on the master, and a "
-                    "failover now may lose them; retry them under new uris, or check the "
-                    "replicas",
-                    accepted=list(accepted),
-                    unconfirmed=[r.uri for r in records[: added.count]],
-                )
+            check_replicated(added, records, accepted, producer.stream, self.data)
             accepted.extend(r.uri for r in records[: added.count])
             records = records[added.count :]
             if not records:

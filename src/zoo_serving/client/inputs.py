@@ -10,9 +10,17 @@ from typing import Any
 
 from .. import keys
 from ..broker.producer import Added, Outgoing, StreamProducer
-from ..errors import QueueError, QueueFullError, ResultTimeoutError
+from ..errors import QueueFullError, ResultTimeoutError
 from ..wire import native
-from .adding import check_added, chunks, full_message, new_arena, private_records, results_of
+from .adding import (
+    check_added,
+    check_replicated,
+    chunks,
+    full_message,
+    new_arena,
+    private_records,
+    results_of,
+)
 from .common import RedisUser, named, result_or_raise
 from .replies import Inbox
 from .sender import CombiningSender
@@ -144,16 +152,7 @@ class InputQueue(RedisUser):
                 added = self._retrying(lambda batch=records: producer.add(batch))
             except redis.exceptions.OutOfMemoryError as exc:  # before the script ran
                 added = Added(0, f"OOM {exc}", -1, 0)
-            if added.count and added.acked < self.replica_acks:
-                raise QueueError(
-                    f"records on stream {producer.stream} reached {added.acked} replica(s) "
-                    f"within data.replica_timeout_ms={self.replica_timeout_ms}, "
-                    f"data.replica_acks is {self.replica_acks}: they are on the master, and a "
-                    "failover now may lose them; retry them under new uris, or check the "
-                    "replicas",
-                    accepted=list(accepted),
-                    unconfirmed=[r.uri for r in records[: added.count]],
-                )
+            check_replicated(added, records, accepted, producer.stream, self.data)
             accepted.extend(r.uri for r in records[: added.count])
             records = records[added.count :]
             if not records:
