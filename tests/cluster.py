@@ -221,6 +221,7 @@ class LocalSentinel:
     replica_port: int = 0
     sentinel_ports: list[int] = field(default_factory=list)
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    password: str = ""  # the sentinels' own requirepass (and sentinel-pass between them)
 
     NAME = "zs"
 
@@ -242,7 +243,9 @@ class LocalSentinel:
                 f"sentinel monitor {self.NAME} 127.0.0.1 {self.master_port} 2\n"
                 f"sentinel down-after-milliseconds {self.NAME} {NODE_TIMEOUT_MS}\n"
                 f"sentinel failover-timeout {self.NAME} 5000\n"
-            )
+                + (f"requirepass {self.password}\nsentinel sentinel-pass {self.password}\n"
+                   if self.password else "")
+            )  # fmt: skip
             self.procs[port] = subprocess.Popen(
                 ["redis-server", str(home / "sentinel.conf"), "--sentinel"],
                 stdout=subprocess.DEVNULL,
@@ -262,8 +265,13 @@ class LocalSentinel:
         )  # fmt: skip
 
     def cli(self, port: int, *args: str) -> str:
+        auth = ["-a", self.password, "--no-auth-warning"]
+        auth = auth if self.password and port in self.sentinel_ports else []
         done = subprocess.run(
-            ["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10
+            ["redis-cli", "-p", str(port), *auth, *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
         return done.stdout.strip()
 

@@ -243,3 +243,35 @@ def test_an_idle_worker_reads_a_record_on_any_partition_at_once(
         for part in keys.partition_streams(stream, 3):
             db.delete(part)
         db.close()
+
+
+def test_sentinels_that_ask_for_a_password_are_given_data_sentinel_password(
+    onnx_model_dir: Path, tmp_path: Path
+) -> None:
+    """Sentinels with their own ``requirepass``: a server and a client given
+    ``data.sentinel_password`` find the master through them and serve ONNX Runtime's answer;
+    a client without it is told it cannot connect."""
+    import numpy as np
+
+    from cluster import LocalSentinel
+    from zoo_serving import InputQueue
+    from zoo_serving.errors import BrokerConnectionError
+
+    sentinel = LocalSentinel(tmp_path / "sentinel", password="s3ntinel").start()
+    try:
+        data = {"src": sentinel.url, "stream": "guarded", "sentinel_password": "s3ntinel"}
+        raw = {
+            "model": {"path": str(onnx_model_dir)},
+            "data": {**data, "shape": "3,32,32"},
+            "params": {"batch_size": 4, "top_n": 0},
+            "log": {"dir": str(tmp_path / "work")},
+        }
+        x = np.random.default_rng(10).normal(size=(3, 32, 32)).astype(np.float32)
+        with Server(raw), InputQueue(config={"data": data}, name="guarded") as client:
+            got = client.predict(x, timeout=60)
+        with pytest.raises(BrokerConnectionError):
+            InputQueue(config={"data": {"src": sentinel.url}}, name="guarded")
+    finally:
+        sentinel.stop()
+    expected = onnx_direct(onnx_model_dir, x[None])
+    np.testing.assert_allclose(np.asarray(got).ravel(), expected.ravel(), atol=1e-5)

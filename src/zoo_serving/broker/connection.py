@@ -134,13 +134,20 @@ def _many_nodes_async(target: str, options: dict[str, Any]) -> Any:
         )
     from redis.asyncio.sentinel import Sentinel
 
-    sentinel_options = {
-        k: v for k, v in options.items() if k.startswith("socket_") or k.startswith("ssl_")
-    }
-    if tls:
-        sentinel_options["ssl"] = True
-    sentinel = Sentinel(seeds, sentinel_kwargs=sentinel_options)
+    sentinel = Sentinel(seeds, sentinel_kwargs=_sentinel_options(options, tls))
     return sentinel.master_for(master, ssl=tls, **options)
+
+
+def _sentinel_options(options: dict[str, Any], tls: bool) -> dict[str, Any]:
+    """What a connection to a Sentinel takes of a master connection's ``options`` (socket and
+    TLS settings), with ``data.sentinel_password`` (taken out of ``options``) as its password."""
+    password = options.pop("sentinel_password", None)
+    out = {k: v for k, v in options.items() if k.startswith("socket_") or k.startswith("ssl_")}
+    if tls:
+        out["ssl"] = True
+    if password:
+        out["password"] = password
+    return out
 
 
 def _packing_connection(target: str) -> type:
@@ -195,6 +202,8 @@ def _options(data: DataConfig, url: str | None) -> tuple[str, dict[str, Any]]:
         options["password"] = data.password
     if data.username and not urlsplit(target).username:
         options["username"] = data.username
+    if data.sentinel_password and target.startswith(SENTINEL_SCHEMES):
+        options["sentinel_password"] = data.sentinel_password
     if target.startswith(("rediss://", "rediss+")):
         _check_tls_files(data)
         if data.tls_ca:
@@ -238,12 +247,7 @@ def _many_nodes(target: str, options: dict[str, Any], retries: int) -> Any:
         )
     from redis.sentinel import Sentinel
 
-    sentinel_options = {
-        k: v for k, v in options.items() if k.startswith("socket_") or k.startswith("ssl_")
-    }
-    if tls:
-        sentinel_options["ssl"] = True
-    sentinel = Sentinel(seeds, sentinel_kwargs=sentinel_options)
+    sentinel = Sentinel(seeds, sentinel_kwargs=_sentinel_options(options, tls))
     # the pool asks the sentinels for the master before each new connection, so a failover
     # is followed on the next reconnect
     return sentinel.master_for(master, ssl=tls, **options)

@@ -65,6 +65,9 @@ class DataConfig:
     result_ttl_s: int = opt(3600, int_checker(1), "seconds a result key lives")
     password: str | None = opt(None, check_str, "Redis password (AUTH)")
     username: str | None = opt(None, check_str, "Redis ACL user")
+    sentinel_password: str | None = opt(
+        None, check_str, "password of the Sentinels themselves (their requirepass), if any"
+    )
     tls_ca: str | None = opt(None, check_path, "CA certificate file for rediss://")
     tls_cert: str | None = opt(None, check_path, "client certificate file for rediss://")
     tls_key: str | None = opt(None, check_path, "client key file for rediss://")
