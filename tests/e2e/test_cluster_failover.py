@@ -4,11 +4,13 @@ record a client was told is in gets exactly one result, the framework's."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ import pytest
 from cluster import LocalCluster, LocalSentinel, Plane, tools_missing
 from helpers import assert_top_n, onnx_direct
 from zoo_serving import InputQueue, OutputQueue, Server
+from zoo_serving.aio import AsyncInputQueue
 from zoo_serving.broker.connection import connect
 from zoo_serving.config import DataConfig
 from zoo_serving.errors import QueueError
@@ -70,12 +73,62 @@ def kill_sentinel_master(sentinel: LocalSentinel) -> None:
     sentinel.wait_ok(sentinel.master())
 
 
+class Sender:
+    """Sends N records f0... in chunks, a flow rather than one burst (so a kill lands mid-way),
+    with InputQueue or AsyncInputQueue; notes what was accepted, what was refused (in, but
+    not confirmed on a replica), and what went wrong."""
+
+    def __init__(self, stream: str, config: dict[str, Any], xs: np.ndarray) -> None:
+        self.stream, self.config, self.xs = stream, config, xs
+        self.accepted: list[str] = []
+        self.refused: list[str] = []
+        self.errors: list[BaseException] = []
+
+    def run(self, client: str) -> None:
+        try:
+            self._sync() if client == "sync" else asyncio.run(self._async())
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.errors.append(exc)
+
+    def _chunks(self) -> Iterator[list[tuple[str, dict[str, np.ndarray]]]]:
+        for start in range(0, N, CHUNK):
+            yield [(f"f{i}", {"t": self.xs[i % 30]}) for i in range(start, start + CHUNK)]
+
+    def _refused(self, chunk: list[Any], exc: QueueError) -> None:
+        self.accepted.extend(exc.details["accepted"])
+        self.refused.extend(u for u, _ in chunk if u not in exc.details["accepted"])
+
+    def _sync(self) -> None:
+        with InputQueue(name=self.stream, config=self.config) as queue:
+            for chunk in self._chunks():
+                try:
+                    self.accepted.extend(queue.enqueue_many(chunk))
+                except QueueError as exc:
+                    self._refused(chunk, exc)
+                time.sleep(0.01)
+
+    async def _async(self) -> None:
+        async with AsyncInputQueue(name=self.stream, config=self.config) as queue:
+            for chunk in self._chunks():
+                try:
+                    self.accepted.extend(await queue.enqueue_many(chunk))
+                except QueueError as exc:
+                    self._refused(chunk, exc)
+                await asyncio.sleep(0.01)
+
+
 @pytest.mark.parametrize(
-    ("target", "replica_acks", "partitions"),
-    [("cluster", 1, 3), ("cluster", 0, 3), ("sentinel", 1, 1)],
+    ("target", "replica_acks", "partitions", "client"),
+    [
+        ("cluster", 1, 3, "sync"),
+        ("cluster", 0, 3, "sync"),
+        ("sentinel", 1, 1, "sync"),
+        ("cluster", 0, 3, "asyncio"),  # it cannot WAIT on a cluster (a ConfigError says so)
+        ("sentinel", 1, 1, "asyncio"),
+    ],
 )
 def test_a_master_killed_under_load_loses_no_accepted_record(
-    target, replica_acks, partitions, request, onnx_model_dir, tmp_path, caplog
+    target, replica_acks, partitions, client, request, onnx_model_dir, tmp_path, caplog
 ) -> None:
     stream = "failover"
     setup = request.getfixturevalue(f"own_{target}")
@@ -89,28 +142,12 @@ def test_a_master_killed_under_load_loses_no_accepted_record(
         "log": {"dir": str(tmp_path / "work")},
     }
     xs = np.random.default_rng(3).normal(0, 50, (30, 3, 32, 32)).astype(np.float32)
-    accepted: list[str] = []
-    refused: list[str] = []
-    errors: list[BaseException] = []
     client_config = {"data": {**plane.client_config()["data"], "replica_acks": replica_acks}}
 
-    def send() -> None:
-        try:
-            with InputQueue(name=stream, config=client_config) as client:
-                for start in range(0, N, CHUNK):
-                    chunk = [(f"f{i}", {"t": xs[i % 30]}) for i in range(start, start + CHUNK)]
-                    try:
-                        accepted.extend(client.enqueue_many(chunk))
-                    except QueueError as exc:  # in, but not confirmed on a replica
-                        accepted.extend(exc.details["accepted"])
-                        refused.extend(u for u, _ in chunk if u not in exc.details["accepted"])
-                    time.sleep(0.01)  # a flow, not one burst: the kill lands mid-way
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            errors.append(exc)
-
+    sender = Sender(stream, client_config, xs)
     with Server(raw):
-        sender = threading.Thread(target=send)
-        sender.start()
+        thread = threading.Thread(target=sender.run, args=(client,))
+        thread.start()
         deadline = time.monotonic() + 60
         while plane.finished_count(stream) < N // 4:
             assert time.monotonic() < deadline, "records do not flow"
@@ -123,13 +160,15 @@ def test_a_master_killed_under_load_loses_no_accepted_record(
             kill_cluster_master(setup, stream)
         else:
             kill_sentinel_master(setup)
-        sender.join(180)
-        assert not sender.is_alive() and not errors, [f"{type(e).__name__}: {e}" for e in errors]
+        thread.join(180)
+        errors = sender.errors
+        assert not thread.is_alive() and not errors, [f"{type(e).__name__}: {e}" for e in errors]
         with OutputQueue(name=stream, config=plane.client_config()) as output:
-            results = output.query_many(accepted, timeout=120)
+            results = output.query_many(sender.accepted, timeout=120)
+    accepted, refused = sender.accepted, sender.refused
     lost = len(accepted) - len(results)
     print(  # the figures of docs/scaling.md
-        f"\n{target}, replica_acks={replica_acks}: {len(accepted)} accepted, "
+        f"\n{target}, replica_acks={replica_acks}, {client}: {len(accepted)} accepted, "
         f"{len(refused)} refused (unconfirmed), {lost} accepted records lost, "
         f"killed at {killed_at} answered"
     )

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import keys
-from .replication import call_replicated
+from .replication import call_replicated, call_replicated_async
 
 # KEYS: stream, max_len key, producer key, then per record: its uri's claim key and its uri's
 #   result key
@@ -182,25 +182,13 @@ class StreamProducer:
         return _added(reply, acked)
 
     async def add_async(self, records: Sequence[Outgoing]) -> Added:
-        """:meth:`add` on a ``redis.asyncio`` client (one Redis or a Sentinel's master when
-        replicas are waited for: a WAIT must follow the add on its connection)."""
+        """:meth:`add` on a ``redis.asyncio`` client (replicas waited for on one Redis or a
+        Sentinel's master only)."""
         stream_keys, args = self._call(records)
-        if self.replica_acks <= 0:
-            return _added(await self._add(keys=stream_keys, args=args))
-        import redis
-
-        for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
-            pipe.evalsha(self._add.sha, len(stream_keys), *stream_keys, *args)
-            pipe.execute_command("WAIT", self.replica_acks, self.replica_timeout_ms)
-            try:
-                reply, acked = await pipe.execute()
-                return _added(reply, int(acked))
-            except redis.exceptions.NoScriptError:
-                if attempt:  # loaded a moment ago: something else is wrong, say so
-                    raise
-                await self.client.script_load(self._add.script)  # a new master knows none
-        raise AssertionError("unreachable")
+        reply, acked = await call_replicated_async(
+            self.client, self._add, stream_keys, args, self.replica_acks, self.replica_timeout_ms
+        )
+        return _added(reply, acked)
 
     def _call(self, records: Sequence[Outgoing]) -> tuple[list[Any], list[Any]]:
         producer = self.number(records)

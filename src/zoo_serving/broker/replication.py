@@ -86,6 +86,42 @@ def call_replicated(
     raise AssertionError("unreachable")
 
 
+async def call_replicated_async(
+    client: Any,
+    script: Any,
+    keys_: Sequence[Any],
+    args: Sequence[Any],
+    replicas: int,
+    timeout_ms: int,
+) -> tuple[Any, int]:
+    """:func:`call_replicated` on a ``redis.asyncio`` client of one Redis or of a Sentinel's
+    master (the asyncio cluster client cannot pin a WAIT to the node the script ran on)."""
+    if replicas <= 0:
+        return await script(keys=keys_, args=args), replicas
+    import redis
+
+    loaded = False
+    while True:
+        pipe = client.pipeline(transaction=False)
+        pipe.evalsha(script.sha, len(keys_), *keys_, *args)
+        pipe.execute_command("WAIT", replicas, timeout_ms)
+        try:
+            reply, acked = await pipe.execute()
+            return reply, int(acked)
+        except redis.exceptions.NoScriptError:
+            if loaded:  # loaded a moment ago: something else is wrong, say so
+                raise
+            await client.script_load(script.script)  # a new master knows no scripts
+            loaded = True
+        except redis.exceptions.ResponseError as exc:
+            if "replica" not in str(exc):
+                raise
+            # as in call_replicated: a master demoted by a failover; reconnect, let the
+            # caller retry
+            await client.connection_pool.disconnect()
+            raise redis.exceptions.ConnectionError(f"talking to a replica: {exc}") from exc
+
+
 def write_then_ack(
     client: Any,
     ack_script: Any,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -280,7 +281,8 @@ class AsyncInputQueue(AsyncRedisUser):
         pause = 0.005
         while records:
             try:
-                added = await producer.add_async(records)
+                # a resend after a failover adds nothing twice: the add is idempotent
+                added = await self._retrying(functools.partial(producer.add_async, records))
             except redis.exceptions.OutOfMemoryError as exc:
                 added = Added(0, f"OOM {exc}", -1, 0)
             check_replicated(added, records, accepted, producer.stream, self.data)

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from .. import keys
 from ..broker.connection import check_async, close_async, connect, connect_async
 from ..broker.partitions import partition_count
 from ..broker.presence import Presence
-from ..config.checks import CLUSTER_SCHEMES
+from ..config.checks import CLUSTER_SCHEMES, SENTINEL_SCHEMES
 from ..wire.native import ResultValue, decode_result
-from .common import data_config, model_stream, result_or_raise
+from .common import FAILOVER_S, data_config, model_stream, result_or_raise
+
+T = TypeVar("T")
 
 
 class AsyncRedisUser:
@@ -44,7 +47,10 @@ class AsyncRedisUser:
         self.stream = name or data.stream
         self.data, self.url = data, url
         self.model, self.version = model, version
-        self.cluster = (url or data.src or "").startswith(CLUSTER_SCHEMES)
+        src = url or data.src or ""
+        self.cluster = src.startswith(CLUSTER_SCHEMES)
+        # a client of several nodes rides out a failover, as InputQueue does
+        self._follow_s = FAILOVER_S if src.startswith(CLUSTER_SCHEMES + SENTINEL_SCHEMES) else 0.0
         self.partitions: int | None = None  # as the server published it, read on first use
         if model is not None:  # the model index, read once here (the one blocking call)
             lookup = connect(data, url=url)
@@ -65,11 +71,29 @@ class AsyncRedisUser:
         """
         await check_async(self.db, self.where, self.data)
 
+    async def _retrying(self, step: Callable[[], Awaitable[T]]) -> T:
+        """``await step()``, tried again while a failover is under way (several nodes only),
+        for up to :data:`~.common.FAILOVER_S`. Only for steps that may be sent twice: the
+        idempotent add, reads."""
+        import redis.exceptions as rex
+
+        passing = (rex.ConnectionError, rex.TimeoutError, rex.ClusterDownError, rex.TryAgainError)
+        give_up = time.monotonic() + self._follow_s
+        pause = 0.05
+        while True:
+            try:
+                return await step()
+            except passing:
+                if not self._follow_s or time.monotonic() + pause > give_up:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
+
     async def _part(self, uri: str | bytes) -> str:
         """The partition stream of a record by ``uri`` (the stream itself when unsplit), as
         the synchronous clients pick it, so either kind finds the other's results."""
         if self.partitions is None:
-            raw = await self.db.get(keys.partitions(self.stream))
+            raw = await self._retrying(lambda: self.db.get(keys.partitions(self.stream)))
             self.partitions = partition_count(raw, self.data.partitions)
         return keys.partition_of(self.stream, uri, self.partitions)
 
@@ -106,9 +130,9 @@ class AsyncOutputQueue(AsyncRedisUser):
         up to that long. Raises the record's :class:`ZooServingError` when it failed."""
         key = keys.result(await self._part(uri), uri)
         if timeout is None:
-            blob = await self.db.lpop(key)
+            blob = await self._retrying(lambda: self.db.lpop(key))
         else:
-            reply = await self.db.blpop([key], timeout=max(timeout, 0.001))
+            reply = await self._retrying(lambda: self.db.blpop([key], timeout=max(timeout, 0.001)))
             blob = reply[1] if reply else None
         return None if blob is None else result_or_raise(decode_result(blob))
 
