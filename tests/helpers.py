@@ -329,6 +329,19 @@ class SwapUnderLoad:
         time.sleep(1.0)
         self._stop.set()
         self._thread.join()
+        # every record answered before the server stops (a stop leaves unread records queued,
+        # and a killed worker's are taken over only after claim_idle_ms)
+        import redis
+
+        db = redis.Redis.from_url(self.redis_url)
+        try:
+            while db.llen(keys.finished(self.stream)) < len(self.sent):
+                assert time.monotonic() < deadline + 60, (
+                    f"{len(self.sent) - db.llen(keys.finished(self.stream))} records unanswered"
+                )
+                time.sleep(0.05)
+        finally:
+            db.close()
 
     def check(self, redis_client: Any) -> None:
         versions = []
