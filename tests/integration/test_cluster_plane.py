@@ -171,8 +171,12 @@ def test_the_asyncio_client_waits_for_replicas_and_refuses_to_on_a_cluster(
 
     sentinel = LocalSentinel(tmp_path / "sentinel").start()
     try:
-        data = {"src": sentinel.url, "stream": "acked", "replica_acks": 1,
-                "replica_timeout_ms": 300}  # fmt: skip
+        data = {
+            "src": sentinel.url,
+            "stream": "acked",
+            "replica_acks": 1,
+            "replica_timeout_ms": 3000,
+        }  # a busy machine's replica may lag
         raw = {
             "model": {"path": str(onnx_model_dir)},
             "data": {**data, "shape": "3,32,32"},
