@@ -160,14 +160,19 @@ def busy(runs: Sequence[Mapping[str, Any]]) -> float:
     return float(np.median([r["_busy"] for r in runs]))
 
 
-def _cpu() -> tuple[float, float]:
-    """CPU seconds (all cores) so far: (in use or stolen, total), from /proc/stat."""
+def _proc_stat() -> list[float]:
+    """The machine's CPU times so far (all cores; /proc/stat's first line), or [] without it."""
     try:
         with open("/proc/stat") as f:
-            fields = [float(v) for v in f.readline().split()[1:]]
+            return [float(v) for v in f.readline().split()[1:]]
     except OSError:
-        return 0.0, 0.0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+        return []
+
+
+def _cpu() -> tuple[float, float]:
+    """CPU seconds (all cores) so far: (in use or stolen, total), from /proc/stat."""
+    fields = _proc_stat()
+    idle = sum(fields[3:5])  # idle, iowait
     return sum(fields) - idle, sum(fields)
 
 
@@ -183,12 +188,8 @@ def median_p99(points: Sequence[Any]) -> float:
 
 def steal() -> tuple[float, float]:
     """CPU seconds (all cores) so far: (stolen by the hypervisor, total), from /proc/stat."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [float(v) for v in f.readline().split()[1:]]
-    except OSError:
-        return 0.0, 0.0
-    return (fields[7] if len(fields) > 7 else 0.0), sum(fields)
+    fields = _proc_stat()
+    return sum(fields[7:8]), sum(fields)
 
 
 def steal_share(since: tuple[float, float]) -> float:
