@@ -149,6 +149,22 @@ class LocalCluster:
                         return port
         raise AssertionError(f"no master serves slot {slot}")
 
+    def replica_of(self, master: int) -> int:
+        """The port of a replica of the master on ``master``."""
+        master_id = self.cli(master, "CLUSTER", "MYID")
+        for line in self.cli(master, "CLUSTER", "NODES").splitlines():
+            parts = line.split()
+            if len(parts) > 3 and parts[3] == master_id and "slave" in parts[2]:
+                return int(parts[1].split("@")[0].rsplit(":", 1)[1])
+        raise AssertionError(f"the master on {master} has no replica")
+
+    def freeze(self, port: int) -> None:
+        """SIGSTOP a node: it answers nothing (nor replicates) until :meth:`thaw`."""
+        self.procs[port].send_signal(signal.SIGSTOP)
+
+    def thaw(self, port: int) -> None:
+        self.procs[port].send_signal(signal.SIGCONT)
+
     def kill(self, port: int) -> None:
         self.procs[port].send_signal(signal.SIGKILL)
         self.procs[port].wait(10)

@@ -123,7 +123,7 @@ class Sender:
         ("cluster", 1, 3, "sync"),
         ("cluster", 0, 3, "sync"),
         ("sentinel", 1, 1, "sync"),
-        ("cluster", 0, 3, "asyncio"),  # it cannot WAIT on a cluster (a ConfigError says so)
+        ("cluster", 1, 3, "asyncio"),  # its WAIT goes to the node that took the add
         ("sentinel", 1, 1, "asyncio"),
     ],
 )

@@ -91,8 +91,8 @@ def test_the_asyncio_client_and_the_http_door_on_every_plane(
 ) -> None:
     """``AsyncInputQueue`` predicts and enqueues by uri on one Redis and on a Redis Cluster
     (1 and 3 partitions): records by uri land in the partition the synchronous clients pick,
-    so each kind finds the other's results; the HTTP door serves on the same plane. Every
-    answer is ONNX Runtime's own."""
+    so each kind finds the other's results, and predicts are spread over the partitions too;
+    the HTTP door serves on the same plane. Every answer is ONNX Runtime's own."""
     import asyncio
 
     import httpx
@@ -112,13 +112,19 @@ def test_the_asyncio_client_and_the_http_door_on_every_plane(
     xs = np.random.default_rng(8).normal(size=(30, 3, 32, 32)).astype(np.float32)
     expected = onnx_direct(onnx_model_dir, xs)
     config = plane.client_config()
+    by_predict: list[int] = []
+
+    def added() -> list[int]:  # records ever added to each partition
+        return [plane.db.xinfo_stream(p)["entries-added"] for p in plane.parts("aio_stream")]
 
     async def use() -> tuple[list[Any], dict[str, Any], Any]:
         async with (
             AsyncInputQueue(config=config, name="aio_stream") as q,
             AsyncOutputQueue(config=config, name="aio_stream") as out,
         ):
+            before = added()
             predicted = await asyncio.gather(*(q.predict(xs[i], timeout=60) for i in range(10)))
+            by_predict.extend(after - was for after, was in zip(added(), before))
             await q.enqueue_many([(f"a{i}", {"t": xs[i]}) for i in range(10, 20)])
             by_uri = {f"a{i}": await out.query(f"a{i}", timeout=60) for i in range(10, 20)}
             return predicted, by_uri, await out.query("s20", timeout=60)
@@ -135,9 +141,11 @@ def test_the_asyncio_client_and_the_http_door_on_every_plane(
         reply = httpx.post(f"{server.http.url}/v2/models/cnn/infer", json=body, timeout=60)
         assert reply.status_code == 200, reply.text
         assert plane.pending("aio_stream") == 0
-    if plane.partitions > 1:  # records by uri were spread as the uri says
+    assert sum(by_predict) == 10
+    if plane.partitions > 1:  # records by uri were spread as the uri says, and predicts too
         spread = [plane.db.llen(keys.finished(part)) for part in plane.parts("aio_stream")]
         assert sum(1 for n in spread if n) > 1, spread
+        assert sum(1 for n in by_predict if n) > 1, by_predict
     for i in range(10):
         np.testing.assert_allclose(np.asarray(predicted[i]).ravel(), expected[i].ravel(), atol=1e-5)
     for i in range(10, 20):
@@ -149,12 +157,12 @@ def test_the_asyncio_client_and_the_http_door_on_every_plane(
     np.testing.assert_allclose(served, expected[21:24].reshape(3, -1), atol=1e-5)
 
 
-def test_the_asyncio_client_waits_for_replicas_and_refuses_to_on_a_cluster(
+def test_the_asyncio_client_waits_for_replicas_through_sentinel(
     onnx_model_dir: Path, tmp_path: Path
 ) -> None:
     """Through Sentinel, with ``data.replica_acks: 1``, an asyncio add returns once the
-    replica has the records (WAIT after the add); on a Redis Cluster it cannot, and says so
-    naming the key."""
+    replica has the records (WAIT after the add): with the replica gone, the add is refused
+    naming the record, by the asyncio client as by the synchronous one."""
     import asyncio
 
     import numpy as np
@@ -163,11 +171,7 @@ def test_the_asyncio_client_waits_for_replicas_and_refuses_to_on_a_cluster(
     from cluster import LocalSentinel
     from zoo_serving import InputQueue
     from zoo_serving.aio import AsyncInputQueue
-    from zoo_serving.errors import ConfigError, QueueError
-
-    with pytest.raises(ConfigError, match="data.replica_acks") as caught:
-        AsyncInputQueue(config={"data": {"src": "redis+cluster://127.0.0.1:1", "replica_acks": 1}})
-    assert caught.value.details["key"] == "data.replica_acks"
+    from zoo_serving.errors import QueueError
 
     sentinel = LocalSentinel(tmp_path / "sentinel").start()
     try:
@@ -206,6 +210,70 @@ def test_the_asyncio_client_waits_for_replicas_and_refuses_to_on_a_cluster(
     assert sync_error.value.details["unconfirmed"] == ["late-sync"]
     expected = onnx_direct(onnx_model_dir, xs)
     np.testing.assert_allclose(np.asarray(got).reshape(4, -1), expected.reshape(4, -1), atol=1e-5)
+
+
+def test_the_asyncio_client_waits_for_replicas_on_a_cluster(
+    redis_cluster: Any, onnx_model_dir: Path, tmp_path: Path
+) -> None:
+    """On a Redis Cluster with 3 partitions and ``data.replica_acks: 1``, the asyncio client
+    sends each add's WAIT down the connection of the node that took the add: predicts over
+    every partition are confirmed and answered; with the replica of one partition's master
+    frozen, a record for that partition is refused naming it, and one for another partition
+    goes in."""
+    import asyncio
+
+    import numpy as np
+    import pytest
+
+    from zoo_serving.aio import AsyncInputQueue
+    from zoo_serving.errors import QueueError
+
+    redis_cluster.flush()
+    data = {"src": redis_cluster.url, "stream": "acked", "partitions": 3, "replica_acks": 1}
+    raw = {
+        "model": {"path": str(onnx_model_dir)},
+        "data": {**data, "shape": "3,32,32"},
+        "params": {"batch_size": 4, "top_n": 0},
+        "log": {"dir": str(tmp_path / "work")},
+    }
+    xs = np.random.default_rng(9).normal(size=(12, 3, 32, 32)).astype(np.float32)
+    first = next(
+        f"late{i}" for i in range(99) if keys.partition_of("acked", f"late{i}", 3) == "acked"
+    )
+    master = redis_cluster.master_of("acked")
+    elsewhere = [
+        p for p in keys.partition_streams("acked", 3) if redis_cluster.master_of(p) != master
+    ]
+    assert elsewhere, "all 3 partitions on one master"
+    other = next(
+        f"in{i}" for i in range(99) if keys.partition_of("acked", f"in{i}", 3) in elsewhere
+    )
+    replica = redis_cluster.replica_of(master)
+
+    async def use() -> tuple[list[Any], QueueError]:
+        confirmed = {"data": {**data, "replica_timeout_ms": 3000}}  # a busy replica may lag
+        async with (
+            AsyncInputQueue(config=confirmed, name="acked") as q,
+            AsyncInputQueue(
+                config={"data": {**data, "replica_timeout_ms": 300}}, name="acked"
+            ) as short,
+        ):
+            got = await q.predict([x for x in xs], timeout=60)
+            redis_cluster.freeze(replica)  # for ~0.5 s, less than the cluster's node timeout
+            try:
+                with pytest.raises(QueueError, match="reached 0 replica") as unconfirmed:
+                    await short.enqueue(first, t=xs[0])
+                await short.enqueue(other, t=xs[1])  # its partition's replica is there
+            finally:
+                redis_cluster.thaw(replica)
+            return got, unconfirmed.value
+
+    with Server(raw):
+        got, error = asyncio.run(use())
+    redis_cluster.wait_ok()
+    assert error.details["unconfirmed"] == [first] and error.details["accepted"] == []
+    expected = onnx_direct(onnx_model_dir, xs)
+    np.testing.assert_allclose(np.asarray(got).reshape(12, -1), expected.reshape(12, -1), atol=1e-5)
 
 
 @pytest.mark.parametrize("where", ["single", "cluster"])

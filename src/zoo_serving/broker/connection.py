@@ -223,6 +223,13 @@ def is_cluster(client: Any) -> bool:
     return isinstance(client, RedisCluster)
 
 
+def is_cluster_async(client: Any) -> bool:
+    """:func:`is_cluster` for a ``redis.asyncio`` client."""
+    from redis.asyncio.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
 def _many_nodes(target: str, options: dict[str, Any], retries: int) -> Any:
     """A client for a ``redis[s]+cluster://`` or ``redis[s]+sentinel://`` URL."""
     from redis.backoff import ExponentialBackoff

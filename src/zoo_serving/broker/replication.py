@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .connection import is_cluster
+from .connection import is_cluster, is_cluster_async
 
 REDIRECTS = 5  # MOVED / ASK answers followed per call
 
@@ -94,32 +94,87 @@ async def call_replicated_async(
     replicas: int,
     timeout_ms: int,
 ) -> tuple[Any, int]:
-    """:func:`call_replicated` on a ``redis.asyncio`` client of one Redis or of a Sentinel's
-    master (the asyncio cluster client cannot pin a WAIT to the node the script ran on)."""
+    """:func:`call_replicated` on a ``redis.asyncio`` client: of one Redis, of a Sentinel's
+    master, or of a Redis Cluster (then the two go down one connection of the node of the
+    script's first key, as one pipeline)."""
     if replicas <= 0:
         return await script(keys=keys_, args=args), replicas
     import redis
 
+    cluster = is_cluster_async(client)
+    if cluster:
+        await client.initialize()  # the slot map, before a node can be picked
+    redirected = (redis.exceptions.MovedError, redis.exceptions.AskError)
     loaded = False
-    while True:
-        pipe = client.pipeline(transaction=False)
-        pipe.evalsha(script.sha, len(keys_), *keys_, *args)
-        pipe.execute_command("WAIT", replicas, timeout_ms)
+    for attempt in range(REDIRECTS + 1):
+        node: Any = client.get_node_from_key(keys_[0]) if cluster else None
         try:
-            reply, acked = await pipe.execute()
+            if node is not None:
+                reply, acked = await _node_pipeline(node, script, keys_, args, replicas, timeout_ms)
+            else:
+                pipe = client.pipeline(transaction=False)
+                pipe.evalsha(script.sha, len(keys_), *keys_, *args)
+                pipe.execute_command("WAIT", replicas, timeout_ms)
+                reply, acked = await pipe.execute()
             return reply, int(acked)
         except redis.exceptions.NoScriptError:
             if loaded:  # loaded a moment ago: something else is wrong, say so
                 raise
-            await client.script_load(script.script)  # a new master knows no scripts
+            # a new master (failover) or a node not used yet knows no scripts
+            where = client if node is None else node
+            await where.execute_command("SCRIPT", "LOAD", script.script)
             loaded = True
-        except redis.exceptions.ResponseError as exc:
-            if "replica" not in str(exc):
+        except redirected:
+            if not cluster or attempt == REDIRECTS:
                 raise
-            # as in call_replicated: a master demoted by a failover; reconnect, let the
-            # caller retry
-            await client.connection_pool.disconnect()
-            raise redis.exceptions.ConnectionError(f"talking to a replica: {exc}") from exc
+            await client.nodes_manager.initialize()  # the slot moved: learn where to
+        except (redis.exceptions.ConnectionError, redis.exceptions.ResponseError) as exc:
+            await _lost_master_async(client, node, exc)
+    raise AssertionError("unreachable")
+
+
+async def _lost_master_async(client: Any, node: Any, exc: Exception) -> None:
+    """Raise ``exc`` after what a lost or demoted master asks of ``client``: a lost cluster
+    node, the slot map learnt again before the caller retries; a master demoted by a failover
+    ("replica" errors, as in :func:`call_replicated`), its connections dropped (Sentinel's
+    pool asks the sentinels for the master again) and a ConnectionError for the caller to
+    retry."""
+    import redis
+
+    if not isinstance(exc, redis.exceptions.ConnectionError) and "replica" not in str(exc):
+        raise exc
+    if node is not None:
+        if not isinstance(exc, redis.exceptions.ConnectionError):
+            await node.disconnect()
+        await client.nodes_manager.initialize()
+    elif not isinstance(exc, redis.exceptions.ConnectionError):
+        await client.connection_pool.disconnect()
+    if isinstance(exc, redis.exceptions.ConnectionError):
+        raise exc
+    raise redis.exceptions.ConnectionError(f"talking to a replica: {exc}") from exc
+
+
+async def _node_pipeline(
+    node: Any,
+    script: Any,
+    keys_: Sequence[Any],
+    args: Sequence[Any],
+    replicas: int,
+    timeout_ms: int,
+) -> tuple[Any, Any]:
+    """EVALSHA then WAIT down one connection of a ``redis.asyncio`` cluster node (its
+    pipeline: the asyncio cluster client's own pipeline sends a keyless WAIT to any node)."""
+    from redis.asyncio.cluster import PipelineCommand
+
+    commands = [
+        PipelineCommand(0, "EVALSHA", script.sha, len(keys_), *keys_, *args),
+        PipelineCommand(1, "WAIT", replicas, timeout_ms),
+    ]
+    await node.execute_pipeline(commands)
+    for command in commands:
+        if isinstance(command.result, Exception):
+            raise command.result
+    return commands[0].result, commands[1].result
 
 
 def write_then_ack(

@@ -10,8 +10,10 @@
 Any number of ``predict`` calls may be in flight on one queue: a sender task adds the records
 of every call queued meanwhile in one round trip (the same exactly-once add script as
 :class:`~zoo_serving.InputQueue`), and one listener task takes the results of all of them
-from the queue's inbox (protocol 3) with one blocking read, resolving each call's future. A
-queue belongs to the event loop that first used it.
+from the queue's inbox (protocol 3) with one blocking read, resolving each call's future
+(with ``data.partitions`` > 1, records are spread over the partitions as by uri, and there is
+an inbox, and a listener, in each partition's slot). A queue belongs to the event loop that
+first used it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 from .. import keys
 from ..broker.producer import Added, Outgoing, StreamProducer
-from ..errors import ConfigError, QueueFullError, ZooServingError
+from ..errors import QueueFullError, ZooServingError
 from ..wire import native
 from .adding import (
     Tokens,
@@ -67,19 +69,9 @@ class AsyncInputQueue(AsyncRedisUser):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.wait_if_full_s = wait_if_full_s
-        self.replica_acks = self.data.replica_acks
-        if self.replica_acks and self.cluster:
-            raise ConfigError(
-                f"data.replica_acks: {self.replica_acks}: the asyncio client cannot wait for "
-                "replicas on a Redis Cluster yet (a WAIT must follow the add on the same "
-                "node's connection); set it to 0 here, or use InputQueue",
-                key="data.replica_acks",
-                value=self.replica_acks,
-            )
         self.arena = new_arena(self, shared_memory)
         self._producers: dict[str, StreamProducer] = {}
         self.inbox_id = new_inbox_id()
-        self._inbox_key = keys.inbox(self.stream, self.inbox_id)
         self._waiting: dict[bytes, tuple[AsyncWaiting, int]] = {}
         self._tokens = Tokens()
         self._outgoing: list[_Submitted] = []
@@ -262,12 +254,12 @@ class AsyncInputQueue(AsyncRedisUser):
         return producer
 
     async def _send(self, records: list[Outgoing], accepted: list[str]) -> None:
-        """Add records, partition by partition (in order within each); records of ``predict``
-        go to the stream itself, beside the inbox their results come to."""
+        """Add records, partition by partition (in order within each): a record by uri to
+        the partition its uri picks, a ``predict`` record likewise by its private uri, its
+        result coming to this client's inbox in that partition's slot."""
         by_part: dict[str, list[Outgoing]] = {}
         for record in records:
-            part = await self._part(record.uri) if record.public else self.stream
-            by_part.setdefault(part, []).append(record)
+            by_part.setdefault(await self._part(record.uri), []).append(record)
         for part, group in by_part.items():
             await self._send_part(self._producer(part), group, accepted)
 
@@ -297,13 +289,22 @@ class AsyncInputQueue(AsyncRedisUser):
             pause = min(pause * 2, 0.2)
 
     async def _listen(self) -> None:
-        """Take results from the inbox and resolve the futures waiting for them."""
+        """Take results from the inbox of every partition (a key in each one's slot) and
+        resolve the futures waiting for them."""
+        while self.partitions is None:  # the partition count, read once
+            try:
+                await self._part(b"")
+            except Exception as exc:  # Redis away: callers time out, or it comes back
+                log.warning("inbox %s: reading the partition count failed: %s", self.inbox_id, exc)
+                await asyncio.sleep(0.5)
+        parts = keys.partition_streams(self.stream, self.partitions)
+        await asyncio.gather(*(self._listen_to(keys.inbox(p, self.inbox_id)) for p in parts))
+
+    async def _listen_to(self, inbox: bytes) -> None:
         backoff = 0.05
         while True:
             try:
-                reply = await self.db.blmpop(
-                    POLL_S, 1, self._inbox_key, direction="LEFT", count=TAKE
-                )
+                reply = await self.db.blmpop(POLL_S, 1, inbox, direction="LEFT", count=TAKE)
                 backoff = 0.05
             except asyncio.CancelledError:
                 raise
