@@ -118,17 +118,19 @@ class Sender:
 
 
 @pytest.mark.parametrize(
-    ("target", "replica_acks", "partitions", "client"),
+    ("target", "replica_acks", "partitions", "client", "runner"),
     [
-        ("cluster", 1, 3, "sync"),
-        ("cluster", 0, 3, "sync"),
-        ("sentinel", 1, 1, "sync"),
-        ("cluster", 1, 3, "asyncio"),  # its WAIT goes to the node that took the add
-        ("sentinel", 1, 1, "asyncio"),
+        ("cluster", 1, 3, "sync", "threads"),
+        ("cluster", 0, 3, "sync", "threads"),
+        ("sentinel", 1, 1, "sync", "threads"),
+        ("cluster", 1, 3, "asyncio", "threads"),  # its WAIT goes to the node that took the add
+        ("sentinel", 1, 1, "asyncio", "threads"),
+        ("cluster", 1, 3, "sync", "processes"),  # workers in processes of their own
+        ("cluster", 1, 3, "sync", "ray"),  # Ray actors follow the new topology too
     ],
 )
 def test_a_master_killed_under_load_loses_no_accepted_record(
-    target, replica_acks, partitions, client, request, onnx_model_dir, tmp_path, caplog
+    target, replica_acks, partitions, client, runner, request, onnx_model_dir, tmp_path, caplog
 ) -> None:
     stream = "failover"
     setup = request.getfixturevalue(f"own_{target}")
@@ -138,9 +140,17 @@ def test_a_master_killed_under_load_loses_no_accepted_record(
     raw = {
         "model": {"path": str(onnx_model_dir)},
         "data": data,
-        "params": {"batch_size": 8, "top_n": 3, "workers": 2, "claim_idle_ms": 1000},
+        "params": {
+            "batch_size": 8,
+            "top_n": 3,
+            "workers": 2,
+            "claim_idle_ms": 1000,
+            "runner": runner,
+        },
         "log": {"dir": str(tmp_path / "work")},
     }
+    if runner == "ray":
+        raw["ray"] = {"address": request.getfixturevalue("ray_head")}
     xs = np.random.default_rng(3).normal(0, 50, (30, 3, 32, 32)).astype(np.float32)
     client_config = {"data": {**plane.client_config()["data"], "replica_acks": replica_acks}}
 
@@ -168,7 +178,7 @@ def test_a_master_killed_under_load_loses_no_accepted_record(
     accepted, refused = sender.accepted, sender.refused
     lost = len(accepted) - len(results)
     print(  # the figures of docs/scaling.md
-        f"\n{target}, replica_acks={replica_acks}, {client}: {len(accepted)} accepted, "
+        f"\n{target}, replica_acks={replica_acks}, {client}, {runner}: {len(accepted)} accepted, "
         f"{len(refused)} refused (unconfirmed), {lost} accepted records lost, "
         f"killed at {killed_at} answered"
     )

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,58 +63,6 @@ def xs() -> np.ndarray:
 @pytest.fixture(scope="module")
 def direct(onnx_model_dir: Path, xs: np.ndarray) -> np.ndarray:
     return onnx_direct(onnx_model_dir, xs)
-
-
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Ray cluster on loopback (``ray start --head --block``, 2 CPUs): its address.
-
-    Stopped by SIGTERM to the ``ray start`` process this fixture started, which stops the
-    node's processes (``ray stop`` would stop every Ray on the machine).
-    """
-    ray_bin = Path(sys.executable).parent / "ray"
-    port = free_port()
-    out_path = tmp_path_factory.mktemp("ray-head") / "ray-start.log"
-    cmd = [
-        str(ray_bin),
-        "start",
-        "--head",
-        "--block",
-        "--node-ip-address=127.0.0.1",
-        f"--port={port}",
-        f"--ray-client-server-port={free_port()}",
-        f"--dashboard-port={free_port()}",
-        "--num-cpus=2",
-        "--object-store-memory=100000000",
-        "--include-dashboard=false",
-        "--disable-usage-stats",
-    ]
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
-    env["RAY_AUTH_MODE"] = "disabled"  # a loopback-only test cluster (see the docstring)
-    with open(out_path, "wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 90
-        while b"block forever" not in out_path.read_bytes():
-            assert proc.poll() is None, f"ray start failed:\n{out_path.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"ray head not up:\n{out_path.read_text()[-3000:]}"
-            time.sleep(0.2)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # its own session: only what it started
-            proc.wait()
 
 
 @pytest.fixture(autouse=True)
