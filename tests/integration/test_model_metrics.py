@@ -95,3 +95,46 @@ def test_metrics_per_model_and_version_under_every_runner(
                 assert s["zoo_serving_model_evictions_total"][(("model", model),)] == 0
 
         wait_for(url, check)
+
+
+def test_a_monitor_tick_reads_the_model_index_once(
+    repo: Path, redis_url: str, redis_client: Any, stream: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """One refresh of the metrics (the monitor's tick) reads the model index once, for the
+    queue gauges and the heartbeats both (Redis's MONITOR sees every command)."""
+    import threading
+
+    from zoo_serving import keys
+    from zoo_serving.observe import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "MONITOR_S", 3600.0)  # only the refresh called here
+    raw = {
+        "model": {"repository": str(repo)},
+        "data": {"src": redis_url, "stream": stream, "shape": "4"},
+        "params": {"top_n": 0, "batch_size": 4, "workers": 1},
+        "repository": {"default": "double"},
+        "log": {"dir": str(tmp_path / "work"), "metrics_port": free_port()},
+    }
+    index_key = keys.models(stream)
+    seen: list[str] = []
+    with Server(raw) as server, redis_client.monitor() as monitor:
+        listening = threading.Event()
+
+        def listen() -> None:
+            listening.set()
+            while True:
+                command = monitor.next_command()["command"]
+                seen.append(command)
+                if command == "ECHO zs-test-end":
+                    return
+
+        thread = threading.Thread(target=listen, daemon=True)
+        thread.start()
+        listening.wait(5)
+        redis_client.echo("zs-test-begin")
+        server.metrics.refresh()
+        redis_client.echo("zs-test-end")
+        thread.join(10)
+    window = seen[seen.index("ECHO zs-test-begin") :]
+    assert any(c.startswith("XINFO") for c in window), window  # the tick did run
+    assert [c for c in window if c == f"HGETALL {index_key}"] == [f"HGETALL {index_key}"]

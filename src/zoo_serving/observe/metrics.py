@@ -170,16 +170,17 @@ class Metrics:
     def refresh(self) -> None:
         """Refresh the stream gauges, log lost workers, take in the heartbeats and write the
         summary points (the monitor's tick)."""
+        streams = None  # the models' streams, once read this tick (one read of the index)
         try:
             if self._gauges:
                 self._refresh_gauges()
                 if self.models is not None:
-                    self.models.refresh()
+                    streams = self.models.refresh()
             self._find_lost_workers()
         except Exception as exc:  # Redis away: the workers log that; try again next tick
             log.debug("metrics refresh failed: %s", exc)
         if self.models is not None:
-            for model, beats in self.models.heartbeats().items():
+            for model, beats in self.models.heartbeats(streams).items():
                 self.fleet.absorb(beats, model)
         self._summarize()
 

@@ -68,10 +68,13 @@ class ModelView:
             self._streams = streams
         return streams
 
-    def heartbeats(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """Model -> worker name -> its heartbeat on the model's stream."""
+    def heartbeats(
+        self, streams: dict[str, str] | None = None
+    ) -> dict[str, dict[str, dict[str, Any]]]:
+        """Model -> worker name -> its heartbeat on the model's stream; ``streams``: the
+        models' streams if just read (:meth:`refresh` returns them), else read now."""
         out = {}
-        for model, stream in self.streams().items():
+        for model, stream in (self.streams() if streams is None else streams).items():
             try:
                 out[model] = Presence(self.redis, stream).heartbeats()
             except Exception as exc:
@@ -79,11 +82,12 @@ class ModelView:
                 out[model] = {}
         return out
 
-    def refresh(self) -> None:
+    def refresh(self) -> dict[str, str]:
         """Read each model's queue counts (NaN while Redis refuses one) and the model states
-        the workers published."""
+        the workers published; returns the models' streams it read."""
         queues = {}
-        for model, stream in self.streams().items():
+        streams = self.streams()
+        for model, stream in streams.items():
             try:
                 counts = stream_stats(self.redis, stream, self.group)
                 queues[model] = {k: float(counts[k]) for k in QUEUE_COUNTS}
@@ -96,6 +100,7 @@ class ModelView:
             hosts = self._hosts
         with self._lock:
             self._queues, self._hosts = queues, hosts
+        return streams
 
     def snapshot(self) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
         """(model -> queue counts, worker -> model -> state) as last refreshed."""
