@@ -317,6 +317,125 @@ def test_an_idle_worker_reads_a_record_on_any_partition_at_once(
         db.close()
 
 
+def test_an_idle_worker_on_a_cluster_blocks_instead_of_polling(
+    redis_cluster: Any, stream: str
+) -> None:
+    """An idle worker's reads of 3 empty partitions on a Redis Cluster wait in one blocking
+    read per partition (each on a thread of its own): over a second of the worker's read
+    loop (100 ms waits) the masters see tens of reads, not the hundreds that rounds of
+    reads a few milliseconds apart took; and a record still comes back from the wait at
+    once."""
+    import threading
+
+    from zoo_serving.broker.connection import connect
+    from zoo_serving.broker.partitions import open_queue
+    from zoo_serving.config import DataConfig
+
+    def reads() -> int:  # XREADGROUPs served by the masters so far
+        total = 0
+        for port in redis_cluster.masters():
+            for line in redis_cluster.cli(port, "INFO", "commandstats").splitlines():
+                if line.startswith("cmdstat_xreadgroup:"):
+                    total += int(line.split("calls=")[1].split(",")[0])
+        return total
+
+    data = DataConfig(src=redis_cluster.url, stream=stream, partitions=3)
+    db = connect(data, socket_timeout=None)
+    queue = open_queue(db, data, stream, "idle-worker", claim_idle_ms=60_000)
+    try:
+        queue.setup()
+        queue.read(8, block_ms=100)  # the first round reads each partition's own pending
+        before, started = reads(), time.monotonic()
+        while time.monotonic() - started < 1.0:
+            assert queue.read(8, block_ms=100) == []
+        per_second = (reads() - before) / (time.monotonic() - started)
+        print(f"\nidle worker, 3 partitions: {per_second:.0f} reads a second")
+        assert per_second < 150, f"{per_second:.0f} reads a second while idle"
+        # a wait outlives blocking reads it found under way (those of a wait a record on
+        # another partition ended early): when one ends on its own timeout it is sent
+        # again at once, so a record added after that still ends this wait
+        parts = keys.partition_streams(stream, 3)
+        first: list[Any] = []
+        waiting = threading.Thread(target=lambda: first.extend(queue.read(8, block_ms=1000)))
+        waiting.start()
+        time.sleep(0.2)
+        db.xadd(parts[1], {"uri": "early"})  # ends that wait; partitions 0 and 2 read on
+        waiting.join(5)
+        assert [e.fields[b"uri"] for e in first] == [b"early"]
+        got: list[Any] = []
+        waiting = threading.Thread(target=lambda: got.extend(queue.read(8, block_ms=4000)))
+        waiting.start()
+        time.sleep(1.5)  # the reads of partitions 0 and 2 ended during this wait
+        sent = time.monotonic()
+        db.xadd(parts[2], {"uri": "late"})
+        waiting.join(5)
+        assert [e.fields[b"uri"] for e in got] == [b"late"]
+        assert time.monotonic() - sent < 0.5, "the record waited for the next wait"
+    finally:
+        queue.close()
+        for part in keys.partition_streams(stream, 3):
+            db.delete(part)
+        db.close()
+
+
+def test_a_record_taken_by_a_read_still_blocked_at_a_stop_is_handed_on(
+    redis_cluster: Any, onnx_model_dir: Path, stream: str, tmp_path: Path
+) -> None:
+    """On a Redis Cluster a wait that one partition's record ends leaves the other
+    partitions' blocking reads under way; a record one of them takes is the worker's (held,
+    in its pending list): a reader told to stop before reading again still hands it on to
+    be served (``Queue.read_last``), rather than leave it pending on a consumer that is
+    gone until another takes it over."""
+    import queue as queues
+    import threading
+
+    import numpy as np
+
+    from zoo_serving import InputQueue
+    from zoo_serving.serving.worker import Worker
+
+    data = {"src": redis_cluster.url, "stream": stream, "partitions": 3}
+    parts = keys.partition_streams(stream, 3)
+    raw = {
+        "model": {"path": str(onnx_model_dir)},
+        "data": {**data, "shape": "3,32,32"},
+        "params": {"batch_size": 4, "top_n": 0},
+        "log": {"dir": str(tmp_path / "work")},
+    }
+    on = {
+        p: next(f"{p}-{i}" for i in range(99) if keys.partition_of(stream, f"{p}-{i}", 3) == p)
+        for p in parts
+    }
+    x = np.zeros((3, 32, 32), np.float32)
+    worker = Worker(raw).load()
+    assert worker.queue is not None and worker._reader is not None
+    first: list[Any] = []
+    to_batch: queues.Queue[Any] = queues.Queue()
+    try:
+        waiting = threading.Thread(target=lambda: first.extend(worker.queue.read(8, 3000)))
+        waiting.start()
+        time.sleep(0.3)  # every partition's blocking read is under way
+        with InputQueue(config={"data": data}, name=stream) as client:
+            client.enqueue(on[parts[1]], t=x)  # ends the wait
+            waiting.join(5)
+            client.enqueue(on[parts[2]], t=x)  # taken by partition 2's read, still blocked
+        halt = threading.Event()
+        halt.set()  # the reader is told to stop before it reads again
+        worker._reader.loop(halt, to_batch, queues.Queue())
+        pending = {p: int(worker._redis.xpending(p, "serving")["pending"]) for p in parts}
+    finally:
+        worker.close()
+        for part in parts:
+            redis_cluster.cli(redis_cluster.master_of(part), "DEL", part)
+    assert [e.fields[b"uri"].decode() for e in first] == [on[parts[1]]]
+    handed = []
+    while not to_batch.empty():
+        batch = to_batch.get_nowait()
+        handed += [item.uri.decode() for item in batch] if isinstance(batch, list) else []
+    assert handed == [on[parts[2]]], "the record a blocked read took at the stop was not handed on"
+    assert pending[parts[2]] == 1  # it is this worker's: delivered to it, not yet answered
+
+
 def test_sentinels_that_ask_for_a_password_are_given_data_sentinel_password(
     onnx_model_dir: Path, tmp_path: Path
 ) -> None:

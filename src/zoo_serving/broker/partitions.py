@@ -13,9 +13,11 @@ one partition, a :class:`PartitionedQueue` over N of them otherwise.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import keys
@@ -24,9 +26,6 @@ from .connection import is_cluster
 from .counts import one_stream_stats
 from .queue import Completion, Entry, Queue
 from .streams import RedisStreamQueue
-
-FIRST_PAUSE_S = 0.001  # a Redis Cluster's idle worker: first pause between rounds of reads
-MAX_PAUSE_S = 0.008  # ... and the longest, what a record arriving on an idle plane may wait
 
 
 def open_queue(
@@ -56,11 +55,11 @@ class PartitionedQueue(Queue):
     returns the first that has entries, so a busy partition cannot starve the others. When
     all are empty it waits for the first entry on any of them: on one Redis with one blocking
     read of every partition; on a Redis Cluster (partitions in different slots cannot share a
-    command) with rounds of reads a few milliseconds apart. (A blocking read of one partition
-    for "its share of the wait" does not work: Redis ends a blocking read's timeout only at
-    its next ``hz`` tick, 100 ms by default, while a record on another partition waits.)
-    Entries carry their partition stream, and everything done with an entry goes to its
-    partition.
+    command) with a blocking read of each partition on a thread of its own
+    (:class:`_Waiters`). (A blocking read of one partition for "its share of the wait" does
+    not work: Redis ends a blocking read's timeout only at its next ``hz`` tick, 100 ms by
+    default, while a record on another partition waits.) Entries carry their partition
+    stream, and everything done with an entry goes to its partition.
     """
 
     def __init__(self, parts: Sequence[RedisStreamQueue]) -> None:
@@ -69,7 +68,7 @@ class PartitionedQueue(Queue):
             part._tag = part.stream
         self._by_stream = {part.stream: part for part in self.parts}
         self._next = 0
-        self._cluster = is_cluster(self.parts[0].client)
+        self._waiters = _Waiters(self.parts) if is_cluster(self.parts[0].client) else None
 
     @property
     def stream(self) -> str:
@@ -99,20 +98,16 @@ class PartitionedQueue(Queue):
         self.parts[0].client.set(keys.partitions(self.stream), len(self.parts))
 
     def read(self, count: int, block_ms: int | None) -> list[Entry]:
+        if self._waiters is not None:
+            entries = self._waiters.take()  # what a blocking read got since the last call
+            if entries:
+                return entries
         entries = self._round(count)
         if entries or not block_ms:
             return entries
-        if not self._cluster:
+        if self._waiters is None:
             return self._wait_all(count, block_ms)
-        deadline = time.monotonic() + block_ms / 1000.0
-        pause = FIRST_PAUSE_S
-        while (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(pause, left))
-            pause = min(pause * 2, MAX_PAUSE_S)
-            entries = self._round(count)
-            if entries:
-                return entries
-        return []
+        return self._waiters.wait(count, block_ms)
 
     def _round(self, count: int) -> list[Entry]:
         """The entries of the first partition that has some, starting one further each time
@@ -179,8 +174,87 @@ class PartitionedQueue(Queue):
         """Entries delivered and not yet completed, over every partition."""
         return sum(part.pending() for part in self.parts)
 
+    def read_last(self) -> list[Entry]:
+        return [] if self._waiters is None else self._waiters.settle()
+
     def close(self) -> None:
+        if self._waiters is not None:
+            self._waiters.close()
         self.parts[0].close()  # they share one client
+
+
+class _Waiters:
+    """Blocking reads of every partition of a stream on a Redis Cluster, each on a thread of
+    its own, for a :class:`PartitionedQueue` whose partitions are all empty: the first entry
+    on any partition ends the wait at once, with no polling. A read still blocked when the
+    wait ends goes on until its own timeout, and what it then gets (held by this consumer, as
+    any read entry) is :meth:`take`-n by the next read."""
+
+    def __init__(self, parts: Sequence[RedisStreamQueue]) -> None:
+        self.parts = list(parts)
+        self._pool = ThreadPoolExecutor(len(self.parts), thread_name_prefix="zoo-partition")
+        self._ready: deque[list[Entry]] = deque()
+        self._blocked: set[int] = set()  # partitions with a blocking read under way
+        self._error: BaseException | None = None
+        self._changed = threading.Condition()
+
+    def take(self) -> list[Entry]:
+        """Entries one blocking read got (one partition's), or none."""
+        with self._changed:
+            return self._ready.popleft() if self._ready else []
+
+    def wait(self, count: int, block_ms: int) -> list[Entry]:
+        """Block on every partition not blocked on already, up to ``block_ms``: the entries
+        of the first read that gets some, else none (or the error of a read that failed)."""
+        deadline = time.monotonic() + block_ms / 1000.0
+        with self._changed:
+            while True:
+                # a read that ended empty (its own timeout) is sent again at once: Redis ends
+                # a blocking read at its hz tick, later than asked, so reads and waits drift
+                for i in range(len(self.parts)):
+                    if i not in self._blocked:
+                        self._blocked.add(i)
+                        self._pool.submit(self._read, i, count, block_ms)
+                left = deadline - time.monotonic()
+                if self._ready or self._error is not None or left <= 0:
+                    break
+                self._changed.wait(left)
+            if self._ready:
+                return self._ready.popleft()
+            error, self._error = self._error, None
+        if error is not None:
+            raise error
+        return []
+
+    def _read(self, i: int, count: int, block_ms: int) -> None:
+        part = self.parts[i]
+        entries: list[Entry] = []
+        error: BaseException | None = None
+        try:
+            entries = part._hold(part._xread(">", count, block_ms))
+        except BaseException as exc:  # noqa: BLE001 - raised by the waiting read
+            error = exc
+        with self._changed:
+            self._blocked.discard(i)
+            if entries:
+                self._ready.append(entries)
+            elif error is not None:
+                self._error = error
+            self._changed.notify_all()
+
+    def settle(self, timeout_s: float = 10.0) -> list[Entry]:
+        """Once the blocking reads under way are over (each ends within its ``block_ms``):
+        every entry they got that no wait returned."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while self._blocked and (left := deadline - time.monotonic()) > 0:
+                self._changed.wait(left)
+            out = [e for entries in self._ready for e in entries]
+            self._ready.clear()
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def published_partitions(client: Any, stream: str, default: int) -> int:

@@ -95,6 +95,12 @@ class Queue(ABC):
         """Whether this consumer still holds ``entry`` (not released, not lost to another)."""
         return True
 
+    def read_last(self) -> list[Entry]:
+        """After the last :meth:`read`: entries already delivered to this consumer that no
+        read has returned yet (a blocking read still under way when a wait ended), once
+        such reads are over. The caller serves them as read."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

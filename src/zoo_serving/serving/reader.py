@@ -110,6 +110,8 @@ class Reader:
                         _try(self.queue.setup)
                     continue
                 self._decode_all(entries, halt, to_batch, to_write)
+            # what a blocking read still under way at the stop took is served too
+            self._decode_all(self.queue.read_last(), threading.Event(), to_batch, to_write)
         finally:
             self._put(to_batch, STOP)
             self.regions.close()
