@@ -47,9 +47,10 @@ def test_seed_era_clients_are_answered_on_every_plane(
 def test_predict_from_threads_on_every_plane(
     plane: Any, onnx_model_dir: Path, tmp_path: Path
 ) -> None:
-    """``predict`` from several threads: through the inbox on one stream, through each
-    partition's reply keys when the stream is split (an inbox is one key in one slot); every
-    answer is ONNX Runtime's own, and nothing is left pending."""
+    """``predict`` from several threads, through the client's inbox; when the stream is split,
+    each call goes to the next partition, beside an inbox in that partition's slot, so the
+    calls are spread over the partitions. Every answer is ONNX Runtime's own, and nothing is
+    left pending."""
     import threading
 
     import numpy as np
@@ -80,6 +81,9 @@ def test_predict_from_threads_on_every_plane(
         for t in threads:
             t.join()
         assert plane.pending("predict_stream") == 0
+        added = [plane.db.xinfo_stream(p)["entries-added"] for p in plane.parts("predict_stream")]
+    assert sum(added) == 24
+    assert all(added), f"the predict calls were not spread over the partitions: {added}"
     for i in range(24):
         np.testing.assert_allclose(
             np.asarray(got[i]).reshape(-1), expected[i].reshape(-1), atol=1e-5

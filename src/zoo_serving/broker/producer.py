@@ -89,12 +89,15 @@ TAKEN = "taken"  # why an add stopped: the record's uri is in use (queued, or a 
 class Outgoing:
     """A record on its way in: its stream fields, its uri, whether its result goes under
     that uri (it then claims the uri while it is in use; else its result is a private reply),
-    and its number (given by :meth:`StreamProducer.number`, just before it is first sent)."""
+    its number (given by :meth:`StreamProducer.number`, just before it is first sent), and
+    the partition stream it goes to when not the one its uri picks (a ``predict`` record
+    goes to the partition of its sender's inbox)."""
 
     fields: dict[bytes, Any]
     uri: str
     public: bool = True
     seq: int = 0
+    part: str | None = None
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,14 @@ bound, a uri used by one record at a time) and waits for ``predict`` results in 
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .. import keys
 from ..broker.producer import Added, Outgoing, StreamProducer
-from ..errors import QueueFullError, ResultTimeoutError
+from ..errors import QueueFullError
 from ..wire import native
 from .adding import (
     check_added,
@@ -65,11 +66,15 @@ class InputQueue(RedisUser):
         # into few round trips (sender.py), results read by one listener (replies.py)
         shared = {part: StreamProducer(self.db, part, *acks, shared=True) for part in parts}
         self._sender = CombiningSender(lambda records: self._send_all(records, shared))
-        self.inbox = Inbox(self.db, self.stream)
+        # an inbox in each partition's slot; each predict call takes the next partition
+        self._inboxes = {part: Inbox(self.db, part) for part in parts}
+        self.inbox = self._inboxes[self.stream]
+        self._turn = itertools.count()
 
     def close(self) -> None:
-        """Stop the inbox's listener, free the shared memory, close the connection pool."""
-        self.inbox.close()
+        """Stop the inboxes' listeners, free the shared memory, close the connection pool."""
+        for inbox in self._inboxes.values():
+            inbox.close()
         if self.arena is not None:
             self.arena.close()
         super().close()
@@ -122,7 +127,7 @@ class InputQueue(RedisUser):
             return uris
         by_part: dict[str, list[Outgoing]] = {}
         for record in records:
-            by_part.setdefault(self._part(record.uri), []).append(record)
+            by_part.setdefault(record.part or self._part(record.uri), []).append(record)
         for part, group in by_part.items():
             for chunk in chunks(group):
                 self._send_part(producers[part], chunk, uris)
@@ -134,7 +139,7 @@ class InputQueue(RedisUser):
         QueueFullError naming what went in."""
         by_part: dict[str, list[Outgoing]] = {}
         for record in records:
-            by_part.setdefault(self._part(record.uri), []).append(record)
+            by_part.setdefault(record.part or self._part(record.uri), []).append(record)
         for part, group in by_part.items():
             self._send_part(self._producers[part], group, accepted)
 
@@ -206,22 +211,29 @@ class InputQueue(RedisUser):
             ResultTimeoutError: results missing after ``timeout`` seconds
                 (``details["missing"]``: how many).
         """
-        if self.partitions > 1:  # an inbox is one key, in one partition's slot
-            return self._predict_by_reply_keys(batch, timeout, return_exceptions)
         started = time.monotonic()
         slots: list[Any] = []
         place = None if self.arena is None else self.arena.placer(slots)
+        # the call's records go to one partition, beside the inbox their results come to
+        part = self.stream
+        if self.partitions > 1:
+            part = keys.partition_streams(self.stream, self.partitions)[
+                next(self._turn) % self.partitions
+            ]
+        inbox = self._inboxes[part]
         try:
             tokens, records = private_records(
-                batch, timeout, self.inbox.current_id(), self.inbox.tokens, place, self.version
+                batch, timeout, inbox.current_id(), inbox.tokens, place, self.version
             )
-            waiting = self.inbox.expect(tokens)
+            for record in records:
+                record.part = part
+            waiting = inbox.expect(tokens)
             try:
                 self._sender.submit(records)
             except BaseException:
-                self.inbox.forget(waiting)
+                inbox.forget(waiting)
                 raise
-            blobs = self.inbox.wait(waiting, timeout - (time.monotonic() - started))
+            blobs = inbox.wait(waiting, timeout - (time.monotonic() - started))
         finally:
             for slot in slots:  # answered, or nobody waits for it anymore
                 assert self.arena is not None
@@ -230,22 +242,3 @@ class InputQueue(RedisUser):
         if return_exceptions:
             return results
         return [result_or_raise(r) for r in results]
-
-    def _predict_by_reply_keys(
-        self, batch: list[Any], timeout: float, return_exceptions: bool
-    ) -> list[Any]:
-        """``predict_many`` over partitions (protocol 2): each record's result goes to a reply
-        key in its own partition's slot, waited for partition by partition."""
-        tokens, records = private_records(batch, timeout, None, model_version=self.version)
-        self._send_all(records)
-        replies = [keys.reply(self._part(r.uri), t) for r, t in zip(records, tokens)]
-        results = self._pop_many(replies, timeout)
-        missing = len(replies) - len(results)
-        if missing:
-            raise ResultTimeoutError(
-                f"{missing} of {len(replies)} results missing after {timeout}s", missing=missing
-            )
-        values = [results[k] for k in replies]
-        if return_exceptions:
-            return values
-        return [result_or_raise(r) for r in values]
